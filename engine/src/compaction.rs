@@ -1,0 +1,282 @@
+//! Background work on sealed segments: writing hint files and compacting.
+//!
+//! Compaction copies the live records of a segment to the head of the log
+//! (keeping their sequence numbers), syncs, and deletes the segment. It runs
+//! in a low-share task queue and yields after every record, so foreground
+//! requests keep their latency.
+//!
+//! Tombstones: a live tombstone (the newest record of its key) is always
+//! copied. A dead one (reaped, or superseded) may be dropped only when no
+//! other segment can hold an older record of its key, proven by every other
+//! segment's smallest sequence number being larger. Otherwise it is copied
+//! as dead weight, so a deleted key can never come back on reopen.
+
+use std::rc::Rc;
+
+use crate::engine::{Inner, State};
+use crate::error::{EngineError, Result};
+use crate::hint::{HintEntry, HintWriter};
+use crate::record::{RecordView, FLAG_TOMBSTONE};
+use crate::scan::SegmentCursor;
+use crate::segment::{hint_path, hint_tmp_path, segment_path};
+use crate::writer::Appended;
+
+/// What one call to [`crate::Engine::compact`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    pub segments_compacted: u32,
+    /// Segments left in place because records the keydir names could not
+    /// be read back (see the error log).
+    pub segments_kept: u32,
+    pub bytes_reclaimed: u64,
+    pub records_copied: u64,
+    pub tombstones_dropped: u64,
+}
+
+enum Fate {
+    /// The keydir names this record: copy it and repoint the key.
+    CopyLive,
+    /// A dead tombstone that may still shadow an older record elsewhere.
+    CopyDead,
+    Drop,
+}
+
+fn fate_of(st: &State, segment: u32, offset: u64, view: &RecordView<'_>) -> Fate {
+    let newest = st.keydir.get(view.header.partition, view.key);
+    if let Some(entry) = newest {
+        if entry.segment == segment && u64::from(entry.offset) == offset {
+            return Fate::CopyLive;
+        }
+        if entry.seq > view.header.seq {
+            // A newer record of the key exists and shadows anything older.
+            return Fate::Drop;
+        }
+    }
+    if view.header.flags & FLAG_TOMBSTONE == 0 {
+        return Fate::Drop;
+    }
+    let older_may_survive = st
+        .segments
+        .values()
+        .any(|other| other.id != segment && other.seq_min < view.header.seq);
+    if older_may_survive {
+        Fate::CopyDead
+    } else {
+        Fate::Drop
+    }
+}
+
+/// Rewrites segment `id` and deletes it. Returns the bytes reclaimed, or
+/// `None` if the segment had to be kept.
+async fn compact_segment(inner: &Rc<Inner>, id: u32, report: &mut CompactionReport) -> Result<()> {
+    let path = segment_path(&inner.config.dir, id);
+    let (file, size_before) = {
+        let st = inner.state.borrow();
+        let segment = &st.segments[&id];
+        assert!(segment.sealed, "only sealed segments are compacted");
+        (segment.file.clone(), segment.record_bytes)
+    };
+    let mut cursor = SegmentCursor::open(&file, &path, id, inner.config.record_max_bytes()).await?;
+    while let Some((offset, view)) = cursor.next().await? {
+        if inner.state.borrow().closing {
+            return Ok(());
+        }
+        let fate = fate_of(&inner.state.borrow(), id, offset, &view);
+        let header = view.header;
+        match fate {
+            Fate::Drop => {
+                if header.flags & FLAG_TOMBSTONE != 0 {
+                    report.tombstones_dropped += 1;
+                }
+            }
+            Fate::CopyLive | Fate::CopyDead => {
+                let live = matches!(fate, Fate::CopyLive);
+                let (partition, key, value) = (header.partition, view.key, view.value);
+                let bytes = view.record_bytes();
+                let repoint = |st: &mut State, _: &_, at: Appended| {
+                    st.segments
+                        .get_mut(&at.segment)
+                        .expect("the active segment is registered")
+                        .note_record(bytes, header.seq);
+                    let moved = live && st.keydir.relocate(partition, key, (id, offset as u32), (at.segment, at.offset));
+                    // The copy is dead if the key moved on meanwhile; the
+                    // original is dead either way.
+                    if !moved {
+                        st.mark_dead(at.segment, bytes);
+                    } else {
+                        st.mark_dead(id, bytes);
+                    }
+                    st.counters.compaction_bytes_copied += bytes as u64;
+                };
+                inner.append_with(|st| st.check_writable().map(|_| header), key, value, repoint).await?;
+                report.records_copied += 1;
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+    let scan = cursor.finish();
+    inner.sync_all().await?;
+    let segment = {
+        let mut st = inner.state.borrow_mut();
+        let segment = &st.segments[&id];
+        if segment.dead_bytes < segment.record_bytes || !scan.corrupt.is_empty() {
+            tracing::error!(
+                segment = id,
+                live_bytes = segment.record_bytes - segment.dead_bytes,
+                corrupt_ranges = scan.corrupt.len(),
+                "segment still holds live data after compaction; keeping it"
+            );
+            report.segments_kept += 1;
+            return Ok(());
+        }
+        st.cache.forget_segment(id);
+        st.counters.segments_compacted += 1;
+        st.segments.remove(&id).expect("present above")
+    };
+    let remove_error = |e| EngineError::glommio("removing compacted segment", &path, e);
+    segment.file.remove().await.map_err(remove_error)?;
+    if segment.has_hint {
+        let hint = hint_path(&inner.config.dir, id);
+        std::fs::remove_file(&hint).map_err(|e| EngineError::io("removing hint", &hint, e))?;
+    }
+    inner
+        .dir
+        .sync()
+        .await
+        .map_err(|e| EngineError::glommio("syncing data directory", &inner.config.dir, e))?;
+    report.segments_compacted += 1;
+    report.bytes_reclaimed += size_before;
+    Ok(())
+}
+
+/// Sealed segments whose dead fraction passed the threshold, oldest first.
+fn candidates(inner: &Inner) -> Vec<u32> {
+    let st = inner.state.borrow();
+    st.segments
+        .values()
+        .filter(|s| s.sealed && s.record_bytes > 0 && s.dead_fraction() >= inner.config.compaction_dead_fraction)
+        .map(|s| s.id)
+        .collect()
+}
+
+async fn compact_candidates(inner: &Rc<Inner>, report: &mut CompactionReport) -> Result<()> {
+    let _permit = inner
+        .compaction_permit
+        .acquire_permit(1)
+        .await
+        .map_err(|_| EngineError::Closed)?;
+    for id in candidates(inner) {
+        if inner.state.borrow().segments.contains_key(&id) {
+            compact_segment(inner, id, report).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Seals the active segment if compaction could reclaim anything from it,
+/// then compacts every eligible segment.
+pub(crate) async fn compact_now(inner: &Rc<Inner>) -> Result<CompactionReport> {
+    let active = {
+        let mut st = inner.state.borrow_mut();
+        st.check_writable()?;
+        let id = st.writer.segment_id;
+        let dead = st.segments[&id].dead_fraction() >= inner.config.compaction_dead_fraction;
+        if dead {
+            st.roll_requested = true;
+        }
+        dead.then_some(id)
+    };
+    if let Some(id) = active {
+        inner.work.notify();
+        loop {
+            let wait = {
+                let st = inner.state.borrow();
+                st.check_writable()?;
+                if st.writer.segment_id != id {
+                    break;
+                }
+                inner.space.wait()
+            };
+            wait.await;
+        }
+    }
+    let mut report = CompactionReport::default();
+    compact_candidates(inner, &mut report).await?;
+    Ok(report)
+}
+
+/// Writes the hint file of segment `id` by scanning it.
+pub(crate) async fn write_hint(inner: &Rc<Inner>, id: u32) -> Result<()> {
+    let Some(file) = inner.state.borrow().segments.get(&id).map(|s| s.file.clone()) else {
+        return Ok(());
+    };
+    let dir = &inner.config.dir;
+    let path = segment_path(dir, id);
+    let mut cursor = SegmentCursor::open(&file, &path, id, inner.config.record_max_bytes()).await?;
+    let mut hint = HintWriter::new(id);
+    while let Some((offset, view)) = cursor.next().await? {
+        let entry = HintEntry {
+            seq: view.header.seq,
+            body_checksum: view.header.body_checksum,
+            offset: u32::try_from(offset).expect("segments are at most 4 GiB"),
+            value_len: view.header.value_len,
+            partition: view.header.partition,
+            key_len: view.header.key_len,
+            flags: view.header.flags,
+            reserved: 0,
+        };
+        hint.push(&entry, view.key);
+        glommio::yield_if_needed().await;
+    }
+    if !cursor.finish().corrupt.is_empty() {
+        // A hint must describe the segment exactly; a damaged segment is
+        // scanned at every open instead, which reports the damage again.
+        return Ok(());
+    }
+    hint.write(&hint_tmp_path(dir, id), &hint_path(dir, id)).await?;
+    inner
+        .dir
+        .sync()
+        .await
+        .map_err(|e| EngineError::glommio("syncing data directory", dir, e))?;
+    if let Some(segment) = inner.state.borrow_mut().segments.get_mut(&id) {
+        segment.has_hint = true;
+    }
+    Ok(())
+}
+
+async fn background_round(inner: &Rc<Inner>) -> Result<()> {
+    let missing: Vec<u32> = {
+        let st = inner.state.borrow();
+        st.segments.values().filter(|s| s.sealed && !s.has_hint).map(|s| s.id).collect()
+    };
+    for id in missing {
+        if inner.state.borrow().closing {
+            return Ok(());
+        }
+        write_hint(inner, id).await?;
+    }
+    let mut report = CompactionReport::default();
+    compact_candidates(inner, &mut report).await
+}
+
+/// The background task: hint files for newly sealed segments, then
+/// compaction, whenever woken or every `compaction_interval`.
+pub(crate) async fn run_background(inner: Rc<Inner>) {
+    loop {
+        let wake = inner.background.wait();
+        if inner.state.borrow().closing {
+            return;
+        }
+        if let Err(err) = background_round(&inner).await {
+            if matches!(err, EngineError::Closed) {
+                return;
+            }
+            tracing::error!(dir = %inner.config.dir.display(), "background compaction failed: {err}");
+            if matches!(err, EngineError::DiskFull { .. } | EngineError::Failed { .. }) {
+                return;
+            }
+        }
+        futures_lite::future::or(wake, glommio::timer::sleep(inner.config.compaction_interval)).await;
+    }
+}

@@ -1,0 +1,463 @@
+//! The engine handle: the public API of one shard's store, and the state its
+//! tasks share.
+//!
+//! All state lives in one `RefCell` owned by the shard's executor. No borrow
+//! is ever held across an `.await`; every method takes the borrow, does its
+//! in-memory work, and releases it before any I/O.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use glommio::io::Directory;
+use glommio::sync::Semaphore;
+use glommio::task::JoinHandle;
+
+use crate::cache::ReadCache;
+use crate::config::{EngineConfig, SyncMode};
+use crate::error::{EngineError, Result};
+use crate::keydir::{Applied, KeyEntry, Keydir};
+use crate::merkle::{leaf_of, MerkleTree};
+use crate::record::{self, RecordHeader, FLAG_TOMBSTONE};
+use crate::recovery::RecoveryReport;
+use crate::segment::Segment;
+use crate::signal::Signal;
+use crate::stats::{Counters, EngineStats};
+use crate::writer::{AppendError, Appended, LogWriter};
+
+/// One key's newest record as returned by [`Engine::get`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The engine-local sequence number of the write.
+    pub seq: u64,
+    /// A tombstone's value is the context its delete carried.
+    pub tombstone: bool,
+    pub value: Bytes,
+}
+
+/// A key of a partition with its metadata, for handoff and anti-entropy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub key: Bytes,
+    pub seq: u64,
+    pub tombstone: bool,
+    /// The object's Merkle contribution (its body checksum).
+    pub object_hash: u64,
+}
+
+/// Why the log stopped accepting writes.
+#[derive(Clone, Debug)]
+pub(crate) enum Failure {
+    DiskFull { op: &'static str, path: std::path::PathBuf },
+    Other(String),
+}
+
+impl Failure {
+    pub(crate) fn from_error(err: &EngineError) -> Failure {
+        match err {
+            EngineError::DiskFull { op, path } => Failure::DiskFull { op, path: path.clone() },
+            other => Failure::Other(other.to_string()),
+        }
+    }
+
+    pub(crate) fn to_error(&self) -> EngineError {
+        match self {
+            Failure::DiskFull { op, path } => EngineError::DiskFull { op, path: path.clone() },
+            Failure::Other(cause) => EngineError::Failed { cause: cause.clone() },
+        }
+    }
+}
+
+/// Mutable state of one engine.
+pub(crate) struct State {
+    pub(crate) keydir: Keydir,
+    pub(crate) segments: BTreeMap<u32, Segment>,
+    pub(crate) writer: LogWriter,
+    pub(crate) cache: ReadCache,
+    pub(crate) next_seq: u64,
+    pub(crate) next_segment_id: u32,
+    /// A put found the segment full: the flusher must seal it.
+    pub(crate) roll_requested: bool,
+    /// A put found the buffer full: the flusher should write now.
+    pub(crate) space_wanted: bool,
+    /// Someone waits for everything up to this LSN to be durable.
+    pub(crate) sync_requested_lsn: u64,
+    pub(crate) closing: bool,
+    pub(crate) failure: Option<Failure>,
+    pub(crate) counters: Counters,
+    pub(crate) recovery: RecoveryReport,
+}
+
+impl State {
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.closing {
+            return Err(EngineError::Closed);
+        }
+        match &self.failure {
+            Some(failure) => Err(failure.to_error()),
+            None => Ok(()),
+        }
+    }
+
+    /// Accounts `bytes` of segment `id` as no longer live.
+    pub(crate) fn mark_dead(&mut self, id: u32, bytes: usize) {
+        if let Some(segment) = self.segments.get_mut(&id) {
+            segment.dead_bytes += bytes as u64;
+            debug_assert!(segment.dead_bytes <= segment.record_bytes, "segment {id} has more dead than written bytes");
+        }
+    }
+
+    /// Makes a freshly appended record the key's newest version.
+    fn install(&mut self, header: &RecordHeader, key: &[u8], at: Appended) {
+        let bytes = record::record_bytes(key.len(), header.value_len as usize);
+        self.segments
+            .get_mut(&at.segment)
+            .expect("the active segment is registered")
+            .note_record(bytes, header.seq);
+        let entry = KeyEntry {
+            seq: header.seq,
+            body_checksum: header.body_checksum,
+            segment: at.segment,
+            offset: at.offset,
+            value_len: header.value_len,
+            key_len: header.key_len,
+            flags: header.flags,
+        };
+        match self.keydir.apply(header.partition, key, entry) {
+            Applied::Newer(Some(old)) => self.mark_dead(old.segment, old.record_bytes()),
+            Applied::Newer(None) => {}
+            Applied::Stale => unreachable!("a fresh sequence number is always the newest"),
+        }
+    }
+}
+
+/// What the engine's tasks share.
+pub(crate) struct Inner {
+    pub(crate) config: EngineConfig,
+    pub(crate) state: RefCell<State>,
+    pub(crate) dir: Directory,
+    /// `durable_lsn` advanced, or the log failed.
+    pub(crate) durable: Signal,
+    /// Buffer space was freed or the segment rolled.
+    pub(crate) space: Signal,
+    /// Wakes the flusher.
+    pub(crate) work: Signal,
+    /// Wakes the background task (hints, compaction).
+    pub(crate) background: Signal,
+    /// One compaction at a time.
+    pub(crate) compaction_permit: Semaphore,
+    pub(crate) tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// Held from open until close completes.
+    pub(crate) lock: RefCell<Option<crate::recovery::DirLock>>,
+}
+
+impl Inner {
+    /// Waits until everything up to `lsn` is durable, or the log fails.
+    pub(crate) async fn wait_durable(&self, lsn: u64) -> Result<()> {
+        loop {
+            let wait = {
+                let st = self.state.borrow();
+                if let Some(failure) = &st.failure {
+                    return Err(failure.to_error());
+                }
+                if st.writer.durable_lsn >= lsn {
+                    return Ok(());
+                }
+                self.durable.wait()
+            };
+            wait.await;
+        }
+    }
+
+    /// Flushes and syncs everything appended so far.
+    pub(crate) async fn sync_all(&self) -> Result<()> {
+        let lsn = {
+            let mut st = self.state.borrow_mut();
+            if let Some(failure) = &st.failure {
+                return Err(failure.to_error());
+            }
+            let lsn = st.writer.appended_lsn;
+            st.sync_requested_lsn = st.sync_requested_lsn.max(lsn);
+            lsn
+        };
+        self.work.notify();
+        self.wait_durable(lsn).await
+    }
+
+    /// Appends a record whose header is complete, waiting for buffer space
+    /// or a segment roll as needed. Returns where it landed. `on_append`
+    /// runs under the same borrow as the append, so no other task observes
+    /// the log and the keydir out of step.
+    pub(crate) async fn append_with<T>(
+        &self,
+        mut make_header: impl FnMut(&mut State) -> Result<RecordHeader>,
+        key: &[u8],
+        value: &[u8],
+        mut on_append: impl FnMut(&mut State, &RecordHeader, Appended) -> T,
+    ) -> Result<(Appended, T)> {
+        loop {
+            let wait = {
+                let mut st = self.state.borrow_mut();
+                let header = make_header(&mut st)?;
+                match st.writer.try_append(&header, key, value) {
+                    Ok(at) => {
+                        let out = on_append(&mut st, &header, at);
+                        drop(st);
+                        self.work.notify();
+                        return Ok((at, out));
+                    }
+                    Err(AppendError::BufferFull) => st.space_wanted = true,
+                    Err(AppendError::SegmentFull) => st.roll_requested = true,
+                }
+                self.space.wait()
+            };
+            self.work.notify();
+            wait.await;
+        }
+    }
+}
+
+/// One shard's durable key-value store. Create it inside the shard's glommio
+/// executor; share it within the shard through `Rc<Engine>`.
+pub struct Engine {
+    pub(crate) inner: Rc<Inner>,
+}
+
+impl Engine {
+    /// Opens (or creates) the store in `config.dir`, recovering whatever a
+    /// crash left. See [`Engine::recovery_report`] for what was found.
+    pub async fn open(config: EngineConfig) -> Result<Engine> {
+        crate::recovery::open(config).await
+    }
+
+    fn check_limits(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let config = &self.inner.config;
+        if key.len() > config.key_len_max_bytes {
+            return Err(EngineError::KeyTooLarge {
+                len: key.len(),
+                max: config.key_len_max_bytes,
+            });
+        }
+        if value.len() > config.value_len_max_bytes {
+            return Err(EngineError::ValueTooLarge {
+                len: value.len(),
+                max: config.value_len_max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    async fn write(&self, partition: u32, flags: u8, key: &[u8], value: &[u8]) -> Result<u64> {
+        self.check_limits(key, value)?;
+        let sum = record::body_checksum(flags, key, value);
+        let key_len = u16::try_from(key.len()).expect("key length is bounded by key_len_max_bytes");
+        let value_len = u32::try_from(value.len()).expect("value length is bounded by value_len_max_bytes");
+        let make_header = |st: &mut State| {
+            st.check_writable()?;
+            Ok(record::header_for(partition, st.next_seq, flags, key_len, value_len, sum))
+        };
+        let install = |st: &mut State, header: &RecordHeader, at: Appended| {
+            st.next_seq += 1;
+            st.install(header, key, at);
+            st.counters.note_write(flags, value.len());
+            header.seq
+        };
+        let (at, seq) = self.inner.append_with(make_header, key, value, install).await?;
+        if self.inner.config.sync == SyncMode::Always {
+            self.inner.wait_durable(at.lsn).await?;
+        }
+        Ok(seq)
+    }
+
+    /// Stores `value` under `key` in `partition`. Returns the write's
+    /// sequence number once the write is as durable as the sync mode
+    /// promises. Nothing is written if the key or value is over its limit.
+    pub async fn put(&self, partition: u32, key: &[u8], value: &[u8]) -> Result<u64> {
+        self.write(partition, 0, key, value).await
+    }
+
+    /// Writes a tombstone for `key`. `context` is stored as the tombstone's
+    /// value (the causal context of the delete). The tombstone stays until
+    /// [`Engine::reap_tombstone`] removes it.
+    pub async fn delete(&self, partition: u32, key: &[u8], context: &[u8]) -> Result<u64> {
+        self.write(partition, FLAG_TOMBSTONE, key, context).await
+    }
+
+    /// The newest record of `key`: a value, a tombstone, or `None`. Costs at
+    /// most one disk read; recently read values come from the cache.
+    pub async fn get(&self, partition: u32, key: &[u8]) -> Result<Option<Record>> {
+        let (entry, file) = {
+            let mut st = self.inner.state.borrow_mut();
+            if st.closing {
+                return Err(EngineError::Closed);
+            }
+            st.counters.gets += 1;
+            let Some(&entry) = st.keydir.get(partition, key) else {
+                return Ok(None);
+            };
+            let record_bytes = entry.record_bytes();
+            if entry.segment == st.writer.segment_id {
+                if let Some(bytes) = st.writer.read_unwritten(u64::from(entry.offset), record_bytes) {
+                    let value = Bytes::copy_from_slice(&bytes[record_bytes - entry.value_len as usize..]);
+                    return Ok(Some(to_record(&entry, value)));
+                }
+            }
+            if let Some(value) = st.cache.get(entry.segment, entry.offset) {
+                return Ok(Some(to_record(&entry, value)));
+            }
+            let file = st
+                .segments
+                .get(&entry.segment)
+                .expect("the keydir only names registered segments")
+                .file
+                .clone();
+            (entry, file)
+        };
+        let read = file
+            .read_at(u64::from(entry.offset), entry.record_bytes())
+            .await
+            .map_err(|e| EngineError::glommio("reading record", self.inner.config.dir.clone(), e))?;
+        let corrupt = |reason| EngineError::Corrupt {
+            segment: entry.segment,
+            offset: u64::from(entry.offset),
+            reason,
+        };
+        let view = record::decode(&read).map_err(|_| corrupt("checksum mismatch on read"))?;
+        if view.key != key || view.header.seq != entry.seq {
+            return Err(corrupt("record does not match the keydir"));
+        }
+        let value = Bytes::copy_from_slice(view.value);
+        let mut st = self.inner.state.borrow_mut();
+        st.counters.disk_reads += 1;
+        st.cache.insert(entry.segment, entry.offset, value.clone());
+        Ok(Some(to_record(&entry, value)))
+    }
+
+    /// Makes every write so far durable, whatever the sync mode.
+    pub async fn sync(&self) -> Result<()> {
+        self.inner.sync_all().await
+    }
+
+    /// Removes `key`'s tombstone if it is still the newest record and has
+    /// sequence number `seq`. Anti-entropy calls this once every replica
+    /// holds the tombstone. Returns whether it was removed.
+    ///
+    /// The removal lives in memory: after a restart a reaped tombstone can
+    /// reappear (never the value it deleted), and is reaped again.
+    pub fn reap_tombstone(&self, partition: u32, key: &[u8], seq: u64) -> bool {
+        let mut st = self.inner.state.borrow_mut();
+        let Some(entry) = st.keydir.remove_tombstone(partition, key, seq) else {
+            return false;
+        };
+        st.mark_dead(entry.segment, entry.record_bytes());
+        true
+    }
+
+    /// Compacts now: seals the active segment if it holds dead bytes, then
+    /// rewrites every sealed segment past the dead-fraction threshold.
+    pub async fn compact(&self) -> Result<crate::compaction::CompactionReport> {
+        crate::compaction::compact_now(&self.inner).await
+    }
+
+    /// Partitions that hold at least one key.
+    pub fn partition_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.inner.state.borrow().keydir.partition_ids().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Every key of `partition` (values and tombstones) with its metadata.
+    pub fn partition_keys(&self, partition: u32) -> Vec<KeyInfo> {
+        self.keys_where(partition, |_| true)
+    }
+
+    /// Keys of `partition` that fall in Merkle leaf `leaf`.
+    pub fn keys_in_leaf(&self, partition: u32, leaf: usize) -> Vec<KeyInfo> {
+        self.keys_where(partition, |key| leaf_of(key) == leaf)
+    }
+
+    fn keys_where(&self, partition: u32, keep: impl Fn(&[u8]) -> bool) -> Vec<KeyInfo> {
+        let st = self.inner.state.borrow();
+        let Some(index) = st.keydir.partition(partition) else {
+            return Vec::new();
+        };
+        index
+            .keys
+            .iter()
+            .filter(|(key, _)| keep(key))
+            .map(|(key, entry)| KeyInfo {
+                key: Bytes::copy_from_slice(key),
+                seq: entry.seq,
+                tombstone: entry.is_tombstone(),
+                object_hash: entry.body_checksum,
+            })
+            .collect()
+    }
+
+    /// A copy of `partition`'s Merkle tree (empty if it has no keys).
+    pub fn merkle_tree(&self, partition: u32) -> MerkleTree {
+        let st = self.inner.state.borrow();
+        st.keydir.partition(partition).map(|p| p.merkle.clone()).unwrap_or_default()
+    }
+
+    /// Counters and sizes, for metrics.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats::collect(&self.inner.state.borrow())
+    }
+
+    /// What recovery found when the store was opened.
+    pub fn recovery_report(&self) -> RecoveryReport {
+        self.inner.state.borrow().recovery.clone()
+    }
+
+    /// Stops accepting operations, makes the log durable, writes the active
+    /// segment's hint file, and waits for background tasks to stop.
+    pub async fn close(&self) -> Result<()> {
+        {
+            let mut st = self.inner.state.borrow_mut();
+            if st.closing {
+                return Err(EngineError::Closed);
+            }
+            st.closing = true;
+        }
+        self.inner.work.notify();
+        self.inner.background.notify();
+        self.inner.space.notify();
+        let tasks = std::mem::take(&mut *self.inner.tasks.borrow_mut());
+        for task in tasks {
+            task.await;
+        }
+        let (failure, active) = {
+            let st = self.inner.state.borrow();
+            (st.failure.clone(), st.writer.segment_id)
+        };
+        let result = match failure {
+            Some(failure) => Err(failure.to_error()),
+            None => crate::compaction::write_hint(&self.inner, active).await,
+        };
+        self.inner.lock.borrow_mut().take();
+        result
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Without an explicit close, let the background tasks flush what is
+        // buffered and exit on their own.
+        if let Ok(mut st) = self.inner.state.try_borrow_mut() {
+            st.closing = true;
+        }
+        self.inner.work.notify();
+        self.inner.background.notify();
+        self.inner.space.notify();
+    }
+}
+
+fn to_record(entry: &KeyEntry, value: Bytes) -> Record {
+    Record {
+        seq: entry.seq,
+        tombstone: entry.is_tombstone(),
+        value,
+    }
+}

@@ -1,0 +1,182 @@
+//! The in-memory index: per partition, key → newest record location, plus
+//! the partition's Merkle tree, kept in step on every change.
+//!
+//! The keydir never does I/O. It is the single authority on which record of
+//! a key is live; everything else (dead-byte accounting, compaction) follows
+//! from what it returns.
+
+use std::collections::HashMap;
+
+use crate::merkle::MerkleTree;
+use crate::record::FLAG_TOMBSTONE;
+
+/// Where a key's newest record lives, and what it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeyEntry {
+    pub(crate) seq: u64,
+    pub(crate) body_checksum: u64,
+    pub(crate) segment: u32,
+    pub(crate) offset: u32,
+    pub(crate) value_len: u32,
+    pub(crate) key_len: u16,
+    pub(crate) flags: u8,
+}
+
+impl KeyEntry {
+    pub(crate) fn is_tombstone(&self) -> bool {
+        self.flags & FLAG_TOMBSTONE != 0
+    }
+
+    pub(crate) fn record_bytes(&self) -> usize {
+        crate::record::record_bytes(usize::from(self.key_len), self.value_len as usize)
+    }
+}
+
+/// One partition's keys and tree.
+#[derive(Default)]
+pub(crate) struct PartitionIndex {
+    pub(crate) keys: HashMap<Box<[u8]>, KeyEntry>,
+    pub(crate) merkle: MerkleTree,
+}
+
+/// Result of offering a record to the keydir.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// The record is now the key's newest; it replaced this entry, if any.
+    Newer(Option<KeyEntry>),
+    /// The keydir already holds a record at least as new; the offered one is
+    /// dead on arrival.
+    Stale,
+}
+
+#[derive(Default)]
+pub(crate) struct Keydir {
+    partitions: HashMap<u32, PartitionIndex>,
+    keys: u64,
+}
+
+impl Keydir {
+    pub(crate) fn get(&self, partition: u32, key: &[u8]) -> Option<&KeyEntry> {
+        self.partitions.get(&partition)?.keys.get(key)
+    }
+
+    pub(crate) fn partition(&self, partition: u32) -> Option<&PartitionIndex> {
+        self.partitions.get(&partition)
+    }
+
+    pub(crate) fn partition_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.partitions.keys().copied()
+    }
+
+    pub(crate) fn key_count(&self) -> u64 {
+        self.keys
+    }
+
+    /// Installs `entry` if it is newer than what the key has. Ties (the same
+    /// record copied by compaction) keep the existing entry.
+    pub(crate) fn apply(&mut self, partition: u32, key: &[u8], entry: KeyEntry) -> Applied {
+        debug_assert_eq!(usize::from(entry.key_len), key.len());
+        let index = self.partitions.entry(partition).or_default();
+        match index.keys.get_mut(key) {
+            Some(existing) if existing.seq >= entry.seq => Applied::Stale,
+            Some(existing) => {
+                let old = *existing;
+                *existing = entry;
+                index.merkle.toggle(key, old.body_checksum);
+                index.merkle.toggle(key, entry.body_checksum);
+                Applied::Newer(Some(old))
+            }
+            None => {
+                index.keys.insert(key.into(), entry);
+                index.merkle.toggle(key, entry.body_checksum);
+                self.keys += 1;
+                Applied::Newer(None)
+            }
+        }
+    }
+
+    /// Points a key at a copy of its record, if the key still names the
+    /// original. Returns whether it moved. The object (and so the Merkle
+    /// tree) is unchanged.
+    pub(crate) fn relocate(&mut self, partition: u32, key: &[u8], from: (u32, u32), to: (u32, u32)) -> bool {
+        let Some(entry) = self.partitions.get_mut(&partition).and_then(|p| p.keys.get_mut(key)) else {
+            return false;
+        };
+        if (entry.segment, entry.offset) != from {
+            return false;
+        }
+        (entry.segment, entry.offset) = to;
+        true
+    }
+
+    /// Removes a key whose newest record is the tombstone with `seq`.
+    pub(crate) fn remove_tombstone(&mut self, partition: u32, key: &[u8], seq: u64) -> Option<KeyEntry> {
+        let index = self.partitions.get_mut(&partition)?;
+        let entry = *index.keys.get(key)?;
+        if entry.seq != seq || !entry.is_tombstone() {
+            return None;
+        }
+        index.keys.remove(key);
+        index.merkle.toggle(key, entry.body_checksum);
+        self.keys -= 1;
+        if index.keys.is_empty() {
+            self.partitions.remove(&partition);
+        }
+        Some(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, sum: u64) -> KeyEntry {
+        KeyEntry {
+            seq,
+            body_checksum: sum,
+            segment: 1,
+            offset: seq as u32,
+            value_len: 1,
+            key_len: 1,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn newest_seq_wins_in_any_order() {
+        let mut a = Keydir::default();
+        let mut b = Keydir::default();
+        for e in [entry(1, 10), entry(3, 30), entry(2, 20)] {
+            a.apply(0, b"k", e);
+        }
+        for e in [entry(3, 30), entry(1, 10), entry(2, 20)] {
+            b.apply(0, b"k", e);
+        }
+        assert_eq!(a.get(0, b"k"), b.get(0, b"k"));
+        assert_eq!(a.get(0, b"k").unwrap().seq, 3);
+        assert_eq!(a.partition(0).unwrap().merkle, b.partition(0).unwrap().merkle);
+        assert_eq!(a.key_count(), 1);
+    }
+
+    #[test]
+    fn relocate_only_moves_the_named_record() {
+        let mut kd = Keydir::default();
+        kd.apply(0, b"k", entry(5, 1));
+        assert!(!kd.relocate(0, b"k", (9, 9), (2, 0)));
+        assert!(kd.relocate(0, b"k", (1, 5), (2, 0)));
+        assert_eq!(kd.get(0, b"k").unwrap().segment, 2);
+    }
+
+    #[test]
+    fn only_the_current_tombstone_can_be_removed() {
+        let mut kd = Keydir::default();
+        let mut tomb = entry(4, 1);
+        tomb.flags = FLAG_TOMBSTONE;
+        kd.apply(0, b"k", tomb);
+        assert!(kd.remove_tombstone(0, b"k", 3).is_none());
+        assert!(kd.remove_tombstone(0, b"k", 4).is_some());
+        assert_eq!(kd.key_count(), 0);
+        kd.apply(0, b"v", entry(5, 1));
+        assert!(kd.remove_tombstone(0, b"v", 5).is_none(), "a live value is not a tombstone");
+    }
+}

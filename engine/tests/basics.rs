@@ -1,0 +1,174 @@
+//! Put, get, delete, reopen, limits and typed errors.
+
+mod common;
+
+use common::{run, small_config};
+use dynkv_engine::{Engine, EngineConfig, EngineError, SyncMode};
+
+#[test]
+fn put_get_delete_round_trip_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        let s1 = engine.put(3, b"alpha", b"one").await.unwrap();
+        let s2 = engine.put(3, b"alpha", b"two").await.unwrap();
+        assert!(s2 > s1, "sequence numbers increase");
+        engine.put(4, b"alpha", b"other partition").await.unwrap();
+        engine.put(3, b"beta", b"b").await.unwrap();
+        engine.delete(3, b"beta", b"ctx").await.unwrap();
+        let got = engine.get(3, b"alpha").await.unwrap().unwrap();
+        assert_eq!((&got.value[..], got.tombstone), (&b"two"[..], false));
+        let tomb = engine.get(3, b"beta").await.unwrap().unwrap();
+        assert!(tomb.tombstone);
+        assert_eq!(&tomb.value[..], b"ctx");
+        assert!(engine.get(3, b"missing").await.unwrap().is_none());
+        engine.close().await.unwrap();
+
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        assert_eq!(&engine.get(3, b"alpha").await.unwrap().unwrap().value[..], b"two");
+        assert_eq!(&engine.get(4, b"alpha").await.unwrap().unwrap().value[..], b"other partition");
+        assert!(engine.get(3, b"beta").await.unwrap().unwrap().tombstone);
+        let s3 = engine.put(3, b"alpha", b"three").await.unwrap();
+        assert!(s3 > s2, "sequence numbers keep increasing across reopen");
+        assert_eq!(engine.partition_ids(), vec![3, 4]);
+        assert_eq!(engine.stats().keys, 3);
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn oversized_key_or_value_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        let err = engine.put(0, &[1u8; 65], b"v").await.unwrap_err();
+        assert!(matches!(err, EngineError::KeyTooLarge { len: 65, max: 64 }), "{err}");
+        let err = engine.put(0, b"k", &vec![0u8; 4097]).await.unwrap_err();
+        assert!(matches!(err, EngineError::ValueTooLarge { len: 4097, max: 4096 }), "{err}");
+        assert!(err.to_string().contains("4097"));
+        let err = engine.delete(0, b"k", &vec![0u8; 5000]).await.unwrap_err();
+        assert!(matches!(err, EngineError::ValueTooLarge { .. }));
+        assert_eq!(engine.stats().puts, 0);
+        assert!(engine.get(0, b"k").await.unwrap().is_none());
+        // Limits at the edge are accepted.
+        engine.put(0, &[1u8; 64], &vec![7u8; 4096]).await.unwrap();
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn operations_on_a_closed_store_get_a_closed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        engine.put(0, b"k", b"v").await.unwrap();
+        engine.close().await.unwrap();
+        assert!(matches!(engine.put(0, b"k", b"v").await, Err(EngineError::Closed)));
+        assert!(matches!(engine.get(0, b"k").await, Err(EngineError::Closed)));
+        assert!(matches!(engine.close().await, Err(EngineError::Closed)));
+    });
+}
+
+#[test]
+fn a_data_dir_that_cannot_be_created_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    run(async {
+        let err = Engine::open(small_config(&file.join("sub"))).await.err().expect("must fail");
+        assert!(matches!(err, EngineError::DataDirNotWritable { .. }), "{err}");
+        assert!(err.to_string().contains("plain-file"), "{err}");
+    });
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        let err = Engine::open(small_config(dir.path())).await.err().expect("must fail");
+        assert!(matches!(err, EngineError::Locked { .. }), "{err}");
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_segment_that_is_not_ours_is_refused_without_modification() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("seg-0000000001.log");
+    let junk = b"this is somebody else's file, not a dynkv segment at all......".repeat(10);
+    std::fs::write(&foreign, &junk).unwrap();
+    run(async {
+        let err = Engine::open(small_config(dir.path())).await.err().expect("must fail");
+        assert!(matches!(err, EngineError::NotOurs { .. }), "{err}");
+        assert!(err.to_string().contains("seg-0000000001.log"), "{err}");
+    });
+    assert_eq!(std::fs::read(&foreign).unwrap(), junk, "the foreign file is untouched");
+}
+
+#[test]
+fn invalid_configuration_names_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.segment_size_max_bytes = 1000;
+    run(async {
+        let err = Engine::open(config).await.err().expect("must fail");
+        assert!(err.to_string().contains("1000"), "{err}");
+    });
+}
+
+#[test]
+fn every_sync_mode_reads_its_own_writes_and_persists_after_close() {
+    for sync in [SyncMode::Always, SyncMode::Never, SyncMode::Interval(std::time::Duration::from_millis(5))] {
+        let dir = tempfile::tempdir().unwrap();
+        run(async {
+            let mut config = small_config(dir.path());
+            config.sync = sync;
+            let engine = Engine::open(config.clone()).await.unwrap();
+            for i in 0..2000u32 {
+                engine.put(i % 8, &i.to_le_bytes(), &[i as u8; 100]).await.unwrap();
+                // Reads hit the write buffer, the in-flight batch, or disk.
+                let got = engine.get(i % 8, &i.to_le_bytes()).await.unwrap().unwrap();
+                assert_eq!(&got.value[..], &[i as u8; 100], "{sync:?} key {i}");
+            }
+            engine.close().await.unwrap();
+            let engine = Engine::open(config).await.unwrap();
+            for i in 0..2000u32 {
+                let got = engine.get(i % 8, &i.to_le_bytes()).await.unwrap().unwrap();
+                assert_eq!(&got.value[..], &[i as u8; 100], "{sync:?} key {i} after reopen");
+            }
+            assert!(engine.stats().segments > 1, "small segments must have rolled");
+            engine.close().await.unwrap();
+        });
+    }
+}
+
+#[test]
+fn concurrent_puts_share_syncs_under_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let engine = std::rc::Rc::new(Engine::open(small_config(dir.path())).await.unwrap());
+        let tasks: Vec<_> = (0..64u32)
+            .map(|t| {
+                let engine = engine.clone();
+                glommio::spawn_local(async move {
+                    for i in 0..50u32 {
+                        engine.put(t, &i.to_le_bytes(), b"value").await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        let stats = engine.stats();
+        assert_eq!(stats.puts, 64 * 50);
+        assert!(
+            stats.syncs * 4 < stats.puts,
+            "group commit must share syncs: {} syncs for {} puts",
+            stats.syncs,
+            stats.puts
+        );
+        engine.close().await.unwrap();
+    });
+}
