@@ -200,7 +200,14 @@ impl Inner {
             let wait = {
                 let mut st = self.state.borrow_mut();
                 let header = make_header(&mut st)?;
-                match st.writer.try_append(&header, key, value) {
+                // While a roll is pending nothing may join the old segment:
+                // the roll seals exactly what the flusher last wrote.
+                let appended = if st.roll_requested {
+                    Err(AppendError::SegmentFull)
+                } else {
+                    st.writer.try_append(&header, key, value)
+                };
+                match appended {
                     Ok(at) => {
                         let out = on_append(&mut st, &header, at);
                         drop(st);

@@ -93,7 +93,8 @@ pub(crate) async fn run_flusher(inner: Rc<Inner>) {
                 if sync {
                     last_sync = last_write;
                 }
-                if roll && result.is_ok() {
+                let flushed_all = !inner.state.borrow().writer.has_unwritten();
+                if roll && flushed_all && result.is_ok() {
                     result = roll_segment(&inner).await;
                 }
                 if let Err(err) = result {
@@ -205,7 +206,7 @@ pub(crate) async fn create_segment(
 async fn roll_segment(inner: &Inner) -> Result<()> {
     let (id, lsn) = {
         let mut st = inner.state.borrow_mut();
-        debug_assert!(!st.writer.has_unwritten(), "roll after a full flush");
+        assert!(!st.writer.has_unwritten(), "a roll seals only fully written segments");
         let id = st.next_segment_id;
         st.next_segment_id += 1;
         (id, st.writer.durable_lsn)

@@ -1,0 +1,179 @@
+//! Torn tails, mid-segment corruption, and hint files.
+
+mod common;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+use common::{run, segment_files, small_config};
+use dynkv_engine::{Engine, EngineError};
+
+fn key(i: u32) -> Vec<u8> {
+    format!("key-{i:05}").into_bytes()
+}
+
+fn value(i: u32) -> Vec<u8> {
+    format!("value-{i:05}-").repeat(8).into_bytes()
+}
+
+/// Writes `n` keys, closes, and returns the newest segment file.
+fn write_and_close(dir: &Path, n: u32) -> std::path::PathBuf {
+    run(async {
+        let engine = Engine::open(small_config(dir)).await.unwrap();
+        for i in 0..n {
+            engine.put(i % 4, &key(i), &value(i)).await.unwrap();
+        }
+        engine.close().await.unwrap();
+    });
+    segment_files(dir).pop().unwrap()
+}
+
+fn remove_hints(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "hint") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+}
+
+/// Offset of the first byte of `needle` in `file`.
+fn find(file: &Path, needle: &[u8]) -> u64 {
+    let bytes = std::fs::read(file).unwrap();
+    bytes.windows(needle.len()).position(|w| w == needle).expect("needle in file") as u64
+}
+
+#[test]
+fn torn_tail_is_truncated_and_everything_before_it_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let newest = write_and_close(dir.path(), 300);
+    remove_hints(dir.path());
+    // A crash mid-write leaves part of a record after the last valid one.
+    let valid_len = std::fs::metadata(&newest).unwrap().len();
+    let mut file = std::fs::OpenOptions::new().append(true).open(&newest).unwrap();
+    file.write_all(b"DKVR\x05\x00\x00\x01partial record, torn by a crash").unwrap();
+    drop(file);
+    run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        let report = engine.recovery_report();
+        let tail = report.torn_tail.expect("torn tail reported");
+        assert!(tail.start <= valid_len, "tail starts at or before the garbage: {tail:?}");
+        assert!(report.corrupt.is_empty(), "{report:?}");
+        for i in 0..300 {
+            let got = engine.get(i % 4, &key(i)).await.unwrap().unwrap();
+            assert_eq!(got.value, value(i), "key {i}");
+        }
+        engine.put(0, b"after", b"recovery").await.unwrap();
+        engine.close().await.unwrap();
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        assert!(engine.recovery_report().torn_tail.is_none(), "the tail was cut for good");
+        assert_eq!(&engine.get(0, b"after").await.unwrap().unwrap().value[..], b"recovery");
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn mid_segment_corruption_is_reported_skipped_and_the_rest_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let newest = write_and_close(dir.path(), 300);
+    remove_hints(dir.path());
+    // Damage key 100's value in the middle of the segment.
+    let victim = 100u32;
+    let at = find(&newest, &value(victim)) + 3;
+    let mut file = std::fs::OpenOptions::new().write(true).open(&newest).unwrap();
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.write_all(b"XX").unwrap();
+    drop(file);
+    // And a header in the middle, so the scanner must resynchronise.
+    let victim2 = 200u32;
+    let at2 = find(&newest, &key(victim2)) - 20;
+    let mut file = std::fs::OpenOptions::new().write(true).open(&newest).unwrap();
+    file.seek(SeekFrom::Start(at2)).unwrap();
+    file.write_all(&[0xff; 4]).unwrap();
+    drop(file);
+    run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        let report = engine.recovery_report();
+        assert_eq!(report.corrupt.len(), 2, "two damaged records reported: {report:?}");
+        assert!(report.corrupt.iter().any(|r| r.start <= at && at < r.end), "{report:?}");
+        assert!(report.corrupt.iter().any(|r| r.start <= at2 && at2 < r.end), "{report:?}");
+        assert!(report.torn_tail.is_none(), "mid-segment damage is not a torn tail");
+        for i in 0..300 {
+            let got = engine.get(i % 4, &key(i)).await.unwrap();
+            if i == victim || i == victim2 {
+                assert!(got.is_none(), "damaged key {i} is skipped, not returned wrong");
+            } else {
+                assert_eq!(got.unwrap().value, value(i), "key {i}");
+            }
+        }
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_record_damaged_after_open_is_a_corrupt_error_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let newest = write_and_close(dir.path(), 50);
+    // The hint stays, so the keydir trusts the location; the read must not.
+    let at = find(&newest, &value(7)) + 1;
+    let mut file = std::fs::OpenOptions::new().write(true).open(&newest).unwrap();
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.write_all(b"Z").unwrap();
+    drop(file);
+    run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        assert_eq!(engine.recovery_report().segments_scanned, 0, "hints were used");
+        let err = engine.get(7 % 4, &key(7)).await.unwrap_err();
+        assert!(matches!(err, EngineError::Corrupt { .. }), "{err}");
+        assert_eq!(engine.get(8 % 4, &key(8)).await.unwrap().unwrap().value, value(8));
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reopening_with_hint_files_reads_no_values() {
+    let dir = tempfile::tempdir().unwrap();
+    write_and_close(dir.path(), 2000);
+    // Overwrite every value byte on disk. If recovery read values it would
+    // see checksum failures; with hints it must not notice.
+    for segment in segment_files(dir.path()) {
+        let mut bytes = std::fs::read(&segment).unwrap();
+        for i in 0..2000 {
+            let v = value(i);
+            if let Some(pos) = bytes.windows(v.len()).position(|w| w == v) {
+                bytes[pos..pos + v.len()].fill(b'#');
+            }
+        }
+        std::fs::write(&segment, bytes).unwrap();
+    }
+    run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        let report = engine.recovery_report();
+        assert_eq!(report.segments_scanned, 0, "{report:?}");
+        assert_eq!(report.segments_from_hints, report.segments, "{report:?}");
+        assert!(report.corrupt.is_empty());
+        assert_eq!(report.keys, 2000);
+        // The damage is real: reads catch it.
+        assert!(engine.get(0, &key(0)).await.is_err());
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_damaged_hint_file_falls_back_to_scanning() {
+    let dir = tempfile::tempdir().unwrap();
+    let newest = write_and_close(dir.path(), 100);
+    let hint = newest.with_extension("hint");
+    let mut bytes = std::fs::read(&hint).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&hint, bytes).unwrap();
+    run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        assert!(engine.recovery_report().segments_scanned >= 1);
+        for i in 0..100 {
+            assert_eq!(engine.get(i % 4, &key(i)).await.unwrap().unwrap().value, value(i));
+        }
+        engine.close().await.unwrap();
+    });
+}
