@@ -98,7 +98,10 @@ async fn compact_segment(inner: &Rc<Inner>, id: u32, report: &mut CompactionRepo
                         .get_mut(&at.segment)
                         .expect("the active segment is registered")
                         .note_record(bytes, header.seq);
-                    let moved = live && st.keydir.relocate(partition, key, (id, offset as u32), (at.segment, at.offset));
+                    let moved = live
+                        && st
+                            .keydir
+                            .relocate(partition, key, (id, offset as u32), (at.segment, at.offset));
                     // The copy is dead if the key moved on meanwhile; the
                     // original is dead either way.
                     if !moved {
@@ -108,7 +111,9 @@ async fn compact_segment(inner: &Rc<Inner>, id: u32, report: &mut CompactionRepo
                     }
                     st.counters.compaction_bytes_copied += bytes as u64;
                 };
-                inner.append_with(|st| st.check_writable().map(|_| header), key, value, repoint).await?;
+                inner
+                    .append_with(|st| st.check_writable().map(|_| header), key, value, repoint)
+                    .await?;
                 report.records_copied += 1;
             }
         }
@@ -248,7 +253,11 @@ pub(crate) async fn write_hint(inner: &Rc<Inner>, id: u32) -> Result<()> {
 async fn background_round(inner: &Rc<Inner>) -> Result<()> {
     let missing: Vec<u32> = {
         let st = inner.state.borrow();
-        st.segments.values().filter(|s| s.sealed && !s.has_hint).map(|s| s.id).collect()
+        st.segments
+            .values()
+            .filter(|s| s.sealed && !s.has_hint)
+            .map(|s| s.id)
+            .collect()
     };
     for id in missing {
         if inner.state.borrow().closing {

@@ -123,7 +123,10 @@ impl EngineConfig {
             ));
         }
         if !(1..=1000).contains(&self.background_shares) {
-            return fail(format!("background_shares = {} must be in 1..=1000", self.background_shares));
+            return fail(format!(
+                "background_shares = {} must be in 1..=1000",
+                self.background_shares
+            ));
         }
         Ok(())
     }
@@ -146,7 +149,10 @@ mod tests {
             SyncMode::parse("interval_ms=5").unwrap(),
             SyncMode::Interval(Duration::from_millis(5))
         );
-        assert_eq!(SyncMode::parse("20ms").unwrap(), SyncMode::Interval(Duration::from_millis(20)));
+        assert_eq!(
+            SyncMode::parse("20ms").unwrap(),
+            SyncMode::Interval(Duration::from_millis(20))
+        );
         let err = SyncMode::parse("sometimes").unwrap_err().to_string();
         assert!(err.contains("sometimes"), "{err}");
         assert!(SyncMode::parse("interval_ms=0").is_err());

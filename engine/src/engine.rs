@@ -104,7 +104,10 @@ impl State {
     pub(crate) fn mark_dead(&mut self, id: u32, bytes: usize) {
         if let Some(segment) = self.segments.get_mut(&id) {
             segment.dead_bytes += bytes as u64;
-            debug_assert!(segment.dead_bytes <= segment.record_bytes, "segment {id} has more dead than written bytes");
+            debug_assert!(
+                segment.dead_bytes <= segment.record_bytes,
+                "segment {id} has more dead than written bytes"
+            );
         }
     }
 
@@ -262,7 +265,14 @@ impl Engine {
         let value_len = u32::try_from(value.len()).expect("value length is bounded by value_len_max_bytes");
         let make_header = |st: &mut State| {
             st.check_writable()?;
-            Ok(record::header_for(partition, st.next_seq, flags, key_len, value_len, sum))
+            Ok(record::header_for(
+                partition,
+                st.next_seq,
+                flags,
+                key_len,
+                value_len,
+                sum,
+            ))
         };
         let install = |st: &mut State, header: &RecordHeader, at: Appended| {
             st.next_seq += 1;
@@ -405,7 +415,10 @@ impl Engine {
     /// A copy of `partition`'s Merkle tree (empty if it has no keys).
     pub fn merkle_tree(&self, partition: u32) -> MerkleTree {
         let st = self.inner.state.borrow();
-        st.keydir.partition(partition).map(|p| p.merkle.clone()).unwrap_or_default()
+        st.keydir
+            .partition(partition)
+            .map(|p| p.merkle.clone())
+            .unwrap_or_default()
     }
 
     /// Counters and sizes, for metrics.

@@ -60,7 +60,8 @@ impl EngineError {
     /// Wraps an I/O error, turning ENOSPC into [`EngineError::DiskFull`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
-        if source.raw_os_error() == Some(libc_enospc()) {
+        // glommio's error wrapper keeps the kind but not always the errno.
+        if source.raw_os_error() == Some(libc_enospc()) || source.kind() == io::ErrorKind::StorageFull {
             return EngineError::DiskFull { op, path };
         }
         EngineError::Io { op, path, source }

@@ -38,21 +38,33 @@ fn decide(inner: &Inner, last_sync: Instant, last_write: Instant) -> Step {
         return Step::Flush { sync: true, roll: true };
     }
     if unsynced && (st.closing || st.sync_requested_lsn > writer.durable_lsn) {
-        return Step::Flush { sync: true, roll: false };
+        return Step::Flush {
+            sync: true,
+            roll: false,
+        };
     }
     if st.closing {
         return Step::Exit;
     }
     let eager = st.space_wanted || writer.unwritten_bytes() >= writer.capacity() / 2;
     match inner.config.sync {
-        SyncMode::Always if unwritten => Step::Flush { sync: true, roll: false },
+        SyncMode::Always if unwritten => Step::Flush {
+            sync: true,
+            roll: false,
+        },
         SyncMode::Always => Step::Wait(None),
         SyncMode::Interval(interval) => {
             let since = last_sync.elapsed();
             if unsynced && since >= interval {
-                Step::Flush { sync: true, roll: false }
+                Step::Flush {
+                    sync: true,
+                    roll: false,
+                }
             } else if unwritten && eager {
-                Step::Flush { sync: false, roll: false }
+                Step::Flush {
+                    sync: false,
+                    roll: false,
+                }
             } else if unsynced {
                 Step::Wait(Some(interval - since))
             } else {
@@ -62,7 +74,10 @@ fn decide(inner: &Inner, last_sync: Instant, last_write: Instant) -> Step {
         SyncMode::Never => {
             let since = last_write.elapsed();
             if unwritten && (eager || since >= LAZY_WRITE_DELAY) {
-                Step::Flush { sync: false, roll: false }
+                Step::Flush {
+                    sync: false,
+                    roll: false,
+                }
             } else if unwritten {
                 Step::Wait(Some(LAZY_WRITE_DELAY - since))
             } else {
@@ -126,11 +141,16 @@ async fn flush_once(inner: &Inner, sync: bool) -> Result<()> {
             .write_rc_at(batch.buf.clone(), batch.file_offset)
             .await
             .map_err(|e| EngineError::glommio("writing segment", path(), e))?;
+        // A short write to a regular file means the filesystem ran out of
+        // space part-way (the kernel reports ENOSPC only on the next call).
         if written != expected {
             return Err(EngineError::io(
                 "writing segment",
                 path(),
-                std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {written} of {expected} bytes")),
+                std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("short write: {written} of {expected} bytes"),
+                ),
             ));
         }
         {
@@ -183,15 +203,25 @@ pub(crate) async fn create_segment(
         .map_err(io("creating segment"))?;
     let file = Rc::new(file);
     let header = SegmentHeader::new(id);
-    let mut writer = LogWriter::new(id, file.clone(), bytemuck::bytes_of(&header), record_max_bytes, segment_size_max, lsn);
+    let mut writer = LogWriter::new(
+        id,
+        file.clone(),
+        bytemuck::bytes_of(&header),
+        record_max_bytes,
+        segment_size_max,
+        lsn,
+    );
     let batch = writer.take_batch().expect("a new segment has its header to write");
     let expected = batch.buf.len();
-    let written = file.write_rc_at(batch.buf.clone(), 0).await.map_err(io("writing segment header"))?;
+    let written = file
+        .write_rc_at(batch.buf.clone(), 0)
+        .await
+        .map_err(io("writing segment header"))?;
     if written != expected {
         return Err(EngineError::io(
             "writing segment header",
             path,
-            std::io::Error::new(std::io::ErrorKind::WriteZero, "short write"),
+            std::io::Error::new(std::io::ErrorKind::StorageFull, "short write"),
         ));
     }
     writer.batch_written(batch.lsn);
@@ -212,7 +242,15 @@ async fn roll_segment(inner: &Inner) -> Result<()> {
         (id, st.writer.durable_lsn)
     };
     let config = &inner.config;
-    let writer = create_segment(&inner.dir, &config.dir, id, config.record_max_bytes(), config.segment_size_max_bytes, lsn).await?;
+    let writer = create_segment(
+        &inner.dir,
+        &config.dir,
+        id,
+        config.record_max_bytes(),
+        config.segment_size_max_bytes,
+        lsn,
+    )
+    .await?;
     {
         let mut st = inner.state.borrow_mut();
         let file = writer.file.clone();

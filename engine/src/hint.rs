@@ -113,7 +113,10 @@ impl HintWriter {
             return Err(EngineError::io(
                 "writing hint file",
                 tmp_path,
-                std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {written} of {physical}")),
+                std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("short write: {written} of {physical}"),
+                ),
             ));
         }
         file.fdatasync().await.map_err(io)?;

@@ -177,6 +177,9 @@ mod tests {
         assert!(kd.remove_tombstone(0, b"k", 4).is_some());
         assert_eq!(kd.key_count(), 0);
         kd.apply(0, b"v", entry(5, 1));
-        assert!(kd.remove_tombstone(0, b"v", 5).is_none(), "a live value is not a tombstone");
+        assert!(
+            kd.remove_tombstone(0, b"v", 5).is_none(),
+            "a live value is not a tombstone"
+        );
     }
 }

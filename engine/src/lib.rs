@@ -46,7 +46,7 @@ mod stats;
 mod writer;
 
 pub use compaction::CompactionReport;
-pub use config::{EngineConfig, SyncMode, KEY_LEN_CEILING_BYTES, VALUE_LEN_CEILING_BYTES};
+pub use config::{EngineConfig, SyncMode, KEY_LEN_CEILING_BYTES, SEGMENT_SIZE_CEILING_BYTES, VALUE_LEN_CEILING_BYTES};
 pub use engine::{Engine, KeyInfo, Record};
 pub use error::{EngineError, Result};
 pub use merkle::MerkleTree;

@@ -125,7 +125,11 @@ pub(crate) fn header_for(
 /// Writes `header | key | value` into `out`, which must be exactly the
 /// record's size. This is the only place records are serialised.
 pub(crate) fn encode_into(out: &mut [u8], header: &RecordHeader, key: &[u8], value: &[u8]) {
-    assert_eq!(out.len(), record_bytes(key.len(), value.len()), "record buffer size mismatch");
+    assert_eq!(
+        out.len(),
+        record_bytes(key.len(), value.len()),
+        "record buffer size mismatch"
+    );
     assert_eq!(usize::from(header.key_len), key.len(), "header key_len mismatch");
     assert_eq!(header.value_len as usize, value.len(), "header value_len mismatch");
     let (head, body) = out.split_at_mut(RECORD_HEADER_BYTES);
@@ -160,9 +164,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<RecordView<'_>, RecordFault> {
     };
     let (key, value) = body.split_at(key_len);
     if body_checksum(header.flags, key, value) != header.body_checksum {
-        return Err(RecordFault::BadBody {
-            record_bytes: total,
-        });
+        return Err(RecordFault::BadBody { record_bytes: total });
     }
     Ok(RecordView { header, key, value })
 }

@@ -71,7 +71,9 @@ impl DirLock {
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
-            return Err(EngineError::Locked { path: dir.to_path_buf() });
+            return Err(EngineError::Locked {
+                path: dir.to_path_buf(),
+            });
         }
         let mut content = format!("dynkv data directory lock, held by pid {}\n", std::process::id()).into_bytes();
         content.resize(LOCK_FILE_BYTES, b' ');
@@ -177,7 +179,12 @@ impl Loader {
         for range in &scan.corrupt {
             let is_tail = range.start >= scan.valid_end;
             if is_tail && newest {
-                tracing::warn!(segment = id, offset = range.start, bytes = range.end - range.start, "truncating torn tail");
+                tracing::warn!(
+                    segment = id,
+                    offset = range.start,
+                    bytes = range.end - range.start,
+                    "truncating torn tail"
+                );
                 file.truncate(scan.valid_end)
                     .await
                     .map_err(|e| EngineError::glommio("truncating torn tail of", &path, e))?;
@@ -293,7 +300,9 @@ pub(crate) async fn open(config: EngineConfig) -> Result<Engine> {
         if from_hint {
             loader.segments.get_mut(&id).expect("just inserted").has_hint = true;
         } else {
-            loader.load_by_scan(id, &config.dir, i + 1 == ids.len(), record_max).await?;
+            loader
+                .load_by_scan(id, &config.dir, i + 1 == ids.len(), record_max)
+                .await?;
         }
     }
     loader.remove_empty_segments(&config.dir).await?;
@@ -301,8 +310,18 @@ pub(crate) async fn open(config: EngineConfig) -> Result<Engine> {
     loader.report.keys = loader.keydir.key_count();
 
     let active_id = ids.last().map_or(1, |id| id + 1);
-    let writer = create_segment(&dir, &config.dir, active_id, record_max, config.segment_size_max_bytes, 0).await?;
-    loader.segments.insert(active_id, Segment::new(active_id, writer.file.clone()));
+    let writer = create_segment(
+        &dir,
+        &config.dir,
+        active_id,
+        record_max,
+        config.segment_size_max_bytes,
+        0,
+    )
+    .await?;
+    loader
+        .segments
+        .insert(active_id, Segment::new(active_id, writer.file.clone()));
     let state = State {
         keydir: loader.keydir,
         segments: loader.segments,
@@ -337,11 +356,20 @@ pub(crate) async fn open(config: EngineConfig) -> Result<Engine> {
 
 fn spawn_tasks(inner: &Rc<Inner>, background_shares: usize) -> Result<()> {
     let executor = glommio::executor();
-    let flush_queue = executor.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(1)), "dynkv-flush");
-    let background_queue = executor.create_task_queue(Shares::Static(background_shares), Latency::NotImportant, "dynkv-background");
+    let flush_queue = executor.create_task_queue(
+        Shares::Static(1000),
+        Latency::Matters(Duration::from_millis(1)),
+        "dynkv-flush",
+    );
+    let background_queue = executor.create_task_queue(
+        Shares::Static(background_shares),
+        Latency::NotImportant,
+        "dynkv-background",
+    );
     let spawn_error = |e: glommio::GlommioError<()>| EngineError::Config(format!("cannot spawn engine task: {e}"));
     let flusher = glommio::spawn_local_into(run_flusher(inner.clone()), flush_queue).map_err(spawn_error)?;
-    let background = glommio::spawn_local_into(crate::compaction::run_background(inner.clone()), background_queue).map_err(spawn_error)?;
+    let background = glommio::spawn_local_into(crate::compaction::run_background(inner.clone()), background_queue)
+        .map_err(spawn_error)?;
     inner.tasks.borrow_mut().extend([flusher.detach(), background.detach()]);
     Ok(())
 }

@@ -98,7 +98,12 @@ pub(crate) struct SegmentCursor<'f> {
 
 impl<'f> SegmentCursor<'f> {
     /// Opens segment `id` in `file`, checking its header.
-    pub(crate) async fn open(file: &'f DmaFile, path: &'f Path, id: u32, record_max_bytes: usize) -> Result<SegmentCursor<'f>> {
+    pub(crate) async fn open(
+        file: &'f DmaFile,
+        path: &'f Path,
+        id: u32,
+        record_max_bytes: usize,
+    ) -> Result<SegmentCursor<'f>> {
         let file_bytes = file
             .file_size()
             .await
@@ -196,7 +201,11 @@ async fn resync(window: &mut Window<'_>, bad: u64, record_max_bytes: usize) -> R
         // Anchor the window at `pos` (only moves forward) and look ahead.
         let chunk = window.ensure(pos, SCAN_CHUNK_BYTES).await?;
         if chunk.is_empty() {
-            return Ok(if saw_nonzero { Resync::EndOfFile } else { Resync::Padding });
+            return Ok(if saw_nonzero {
+                Resync::EndOfFile
+            } else {
+                Resync::Padding
+            });
         }
         let chunk_end = pos + chunk.len() as u64;
         saw_nonzero |= chunk.iter().any(|&b| b != 0);
@@ -211,7 +220,11 @@ async fn resync(window: &mut Window<'_>, bad: u64, record_max_bytes: usize) -> R
             // Keep the last 3 bytes: a magic may straddle chunks.
             let next = chunk_end.saturating_sub(3).max(candidate);
             if chunk_end >= window.file_bytes {
-                return Ok(if saw_nonzero { Resync::EndOfFile } else { Resync::Padding });
+                return Ok(if saw_nonzero {
+                    Resync::EndOfFile
+                } else {
+                    Resync::Padding
+                });
             }
             pos = next;
             candidate = next;

@@ -67,10 +67,22 @@ pub(crate) struct LogWriter {
 impl LogWriter {
     /// A writer for a fresh segment whose header (`header_bytes`) is not yet
     /// written.
-    pub(crate) fn new(segment_id: u32, file: Rc<DmaFile>, header_bytes: &[u8], record_max_bytes: usize, segment_size_max: u64, lsn: u64) -> LogWriter {
+    pub(crate) fn new(
+        segment_id: u32,
+        file: Rc<DmaFile>,
+        header_bytes: &[u8],
+        record_max_bytes: usize,
+        segment_size_max: u64,
+        lsn: u64,
+    ) -> LogWriter {
         let alignment = file.alignment() as usize;
-        assert!(alignment.is_power_of_two() && alignment >= 512, "O_DIRECT alignment {alignment}");
-        let capacity = (record_max_bytes + 2 * alignment).max(WRITE_BUFFER_MIN_BYTES).next_multiple_of(alignment);
+        assert!(
+            alignment.is_power_of_two() && alignment >= 512,
+            "O_DIRECT alignment {alignment}"
+        );
+        let capacity = (record_max_bytes + 2 * alignment)
+            .max(WRITE_BUFFER_MIN_BYTES)
+            .next_multiple_of(alignment);
         let mut buf = file.alloc_dma_buffer(capacity);
         buf.as_bytes_mut()[..header_bytes.len()].copy_from_slice(header_bytes);
         LogWriter {
@@ -110,7 +122,12 @@ impl LogWriter {
     }
 
     /// Appends one record. Never awaits; fails without side effects.
-    pub(crate) fn try_append(&mut self, header: &RecordHeader, key: &[u8], value: &[u8]) -> Result<Appended, AppendError> {
+    pub(crate) fn try_append(
+        &mut self,
+        header: &RecordHeader,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Appended, AppendError> {
         let size = record::record_bytes(key.len(), value.len());
         let offset = self.end_offset();
         if offset + size as u64 > self.segment_size_max {
@@ -153,7 +170,8 @@ impl LogWriter {
         let write_len = self.buf_len.next_multiple_of(self.alignment);
         let carry_from = self.buf_len - self.buf_len % self.alignment;
         let mut next = self.file.alloc_dma_buffer(self.capacity);
-        next.as_bytes_mut()[..self.buf_len - carry_from].copy_from_slice(&self.buf.as_bytes()[carry_from..self.buf_len]);
+        next.as_bytes_mut()[..self.buf_len - carry_from]
+            .copy_from_slice(&self.buf.as_bytes()[carry_from..self.buf_len]);
         let mut full = std::mem::replace(&mut self.buf, next);
         full.as_bytes_mut()[self.buf_len..write_len].fill(0);
         full.trim_to_size(write_len);

@@ -26,7 +26,10 @@ fn put_get_delete_round_trip_and_survive_reopen() {
 
         let engine = Engine::open(small_config(dir.path())).await.unwrap();
         assert_eq!(&engine.get(3, b"alpha").await.unwrap().unwrap().value[..], b"two");
-        assert_eq!(&engine.get(4, b"alpha").await.unwrap().unwrap().value[..], b"other partition");
+        assert_eq!(
+            &engine.get(4, b"alpha").await.unwrap().unwrap().value[..],
+            b"other partition"
+        );
         assert!(engine.get(3, b"beta").await.unwrap().unwrap().tombstone);
         let s3 = engine.put(3, b"alpha", b"three").await.unwrap();
         assert!(s3 > s2, "sequence numbers keep increasing across reopen");
@@ -44,7 +47,10 @@ fn oversized_key_or_value_is_refused_and_nothing_is_written() {
         let err = engine.put(0, &[1u8; 65], b"v").await.unwrap_err();
         assert!(matches!(err, EngineError::KeyTooLarge { len: 65, max: 64 }), "{err}");
         let err = engine.put(0, b"k", &vec![0u8; 4097]).await.unwrap_err();
-        assert!(matches!(err, EngineError::ValueTooLarge { len: 4097, max: 4096 }), "{err}");
+        assert!(
+            matches!(err, EngineError::ValueTooLarge { len: 4097, max: 4096 }),
+            "{err}"
+        );
         assert!(err.to_string().contains("4097"));
         let err = engine.delete(0, b"k", &vec![0u8; 5000]).await.unwrap_err();
         assert!(matches!(err, EngineError::ValueTooLarge { .. }));
@@ -75,7 +81,10 @@ fn a_data_dir_that_cannot_be_created_is_a_typed_error() {
     let file = dir.path().join("plain-file");
     std::fs::write(&file, b"x").unwrap();
     run(async {
-        let err = Engine::open(small_config(&file.join("sub"))).await.err().expect("must fail");
+        let err = Engine::open(small_config(&file.join("sub")))
+            .await
+            .err()
+            .expect("must fail");
         assert!(matches!(err, EngineError::DataDirNotWritable { .. }), "{err}");
         assert!(err.to_string().contains("plain-file"), "{err}");
     });
@@ -119,7 +128,11 @@ fn invalid_configuration_names_the_value() {
 
 #[test]
 fn every_sync_mode_reads_its_own_writes_and_persists_after_close() {
-    for sync in [SyncMode::Always, SyncMode::Never, SyncMode::Interval(std::time::Duration::from_millis(5))] {
+    for sync in [
+        SyncMode::Always,
+        SyncMode::Never,
+        SyncMode::Interval(std::time::Duration::from_millis(5)),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         run(async {
             let mut config = small_config(dir.path());

@@ -172,7 +172,11 @@ fn merkle_roots_depend_on_content_not_write_order() {
                 None => b.delete(5, &k.to_le_bytes(), b"").await.unwrap(),
             };
         }
-        assert_eq!(a.merkle_tree(5), b.merkle_tree(5), "same content, same tree (seed {seed})");
+        assert_eq!(
+            a.merkle_tree(5),
+            b.merkle_tree(5),
+            "same content, same tree (seed {seed})"
+        );
         assert!(a.merkle_tree(5).diff(&b.merkle_tree(5)).is_empty());
         b.put(5, &3u32.to_le_bytes(), b"different").await.unwrap();
         let diff = a.merkle_tree(5).diff(&b.merkle_tree(5));

@@ -10,9 +10,20 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Put { partition: u32, key: u8, value_len: usize, fill: u8 },
-    Delete { partition: u32, key: u8 },
-    Reap { partition: u32, key: u8 },
+    Put {
+        partition: u32,
+        key: u8,
+        value_len: usize,
+        fill: u8,
+    },
+    Delete {
+        partition: u32,
+        key: u8,
+    },
+    Reap {
+        partition: u32,
+        key: u8,
+    },
     Reopen,
     Compact,
 }
@@ -47,9 +58,14 @@ async fn check(engine: &Engine, model: &BTreeMap<(u32, u8), Expect>, reaped: &BT
             match (want, &got) {
                 (None, None) => {}
                 (Some(Expect::Value(v)), Some(r)) => {
-                    assert!(!r.tombstone && r.value[..] == v[..], "{when}: p{partition} k{key} wrong value")
+                    assert!(
+                        !r.tombstone && r.value[..] == v[..],
+                        "{when}: p{partition} k{key} wrong value"
+                    )
                 }
-                (Some(Expect::Tombstone), Some(r)) => assert!(r.tombstone, "{when}: p{partition} k{key} deleted key came back"),
+                (Some(Expect::Tombstone), Some(r)) => {
+                    assert!(r.tombstone, "{when}: p{partition} k{key} deleted key came back")
+                }
                 // A reaped tombstone may reappear after reopen, as documented.
                 (None, Some(r)) if r.tombstone && reaped.contains_key(&(partition, key)) => {}
                 _ => panic!("{when}: p{partition} k{key}: model {want:?}, engine {got:?}"),

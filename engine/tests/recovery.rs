@@ -40,7 +40,10 @@ fn remove_hints(dir: &Path) {
 /// Offset of the first byte of `needle` in `file`.
 fn find(file: &Path, needle: &[u8]) -> u64 {
     let bytes = std::fs::read(file).unwrap();
-    bytes.windows(needle.len()).position(|w| w == needle).expect("needle in file") as u64
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("needle in file") as u64
 }
 
 #[test]
@@ -51,13 +54,17 @@ fn torn_tail_is_truncated_and_everything_before_it_survives() {
     // A crash mid-write leaves part of a record after the last valid one.
     let valid_len = std::fs::metadata(&newest).unwrap().len();
     let mut file = std::fs::OpenOptions::new().append(true).open(&newest).unwrap();
-    file.write_all(b"DKVR\x05\x00\x00\x01partial record, torn by a crash").unwrap();
+    file.write_all(b"DKVR\x05\x00\x00\x01partial record, torn by a crash")
+        .unwrap();
     drop(file);
     run(async {
         let engine = Engine::open(small_config(dir.path())).await.unwrap();
         let report = engine.recovery_report();
         let tail = report.torn_tail.expect("torn tail reported");
-        assert!(tail.start <= valid_len, "tail starts at or before the garbage: {tail:?}");
+        assert!(
+            tail.start <= valid_len,
+            "tail starts at or before the garbage: {tail:?}"
+        );
         assert!(report.corrupt.is_empty(), "{report:?}");
         for i in 0..300 {
             let got = engine.get(i % 4, &key(i)).await.unwrap().unwrap();
@@ -66,7 +73,10 @@ fn torn_tail_is_truncated_and_everything_before_it_survives() {
         engine.put(0, b"after", b"recovery").await.unwrap();
         engine.close().await.unwrap();
         let engine = Engine::open(small_config(dir.path())).await.unwrap();
-        assert!(engine.recovery_report().torn_tail.is_none(), "the tail was cut for good");
+        assert!(
+            engine.recovery_report().torn_tail.is_none(),
+            "the tail was cut for good"
+        );
         assert_eq!(&engine.get(0, b"after").await.unwrap().unwrap().value[..], b"recovery");
         engine.close().await.unwrap();
     });
@@ -96,7 +106,10 @@ fn mid_segment_corruption_is_reported_skipped_and_the_rest_stays_readable() {
         let report = engine.recovery_report();
         assert_eq!(report.corrupt.len(), 2, "two damaged records reported: {report:?}");
         assert!(report.corrupt.iter().any(|r| r.start <= at && at < r.end), "{report:?}");
-        assert!(report.corrupt.iter().any(|r| r.start <= at2 && at2 < r.end), "{report:?}");
+        assert!(
+            report.corrupt.iter().any(|r| r.start <= at2 && at2 < r.end),
+            "{report:?}"
+        );
         assert!(report.torn_tail.is_none(), "mid-segment damage is not a torn tail");
         for i in 0..300 {
             let got = engine.get(i % 4, &key(i)).await.unwrap();
