@@ -35,7 +35,13 @@ fn config(dir: &Path, sync: SyncMode) -> EngineConfig {
 }
 
 /// Runs `total` puts split over `writers` tasks; returns the elapsed time.
-async fn put_many(engine: &Rc<Engine>, next_key: &Rc<Cell<u64>>, total: u64, writers: u32, value: &Rc<Vec<u8>>) -> Duration {
+async fn put_many(
+    engine: &Rc<Engine>,
+    next_key: &Rc<Cell<u64>>,
+    total: u64,
+    writers: u32,
+    value: &Rc<Vec<u8>>,
+) -> Duration {
     let started = Instant::now();
     let tasks: Vec<_> = (0..u64::from(writers))
         .map(|w| {
@@ -60,7 +66,10 @@ fn bench_put(c: &mut Criterion) {
     let mut group = c.benchmark_group("put");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(5));
-    let modes: [(SyncMode, &str, &[u32]); 2] = [(SyncMode::Always, "always", &WRITERS), (SyncMode::Never, "never", &[256])];
+    let modes: [(SyncMode, &str, &[u32]); 2] = [
+        (SyncMode::Always, "always", &WRITERS),
+        (SyncMode::Never, "never", &[256]),
+    ];
     for (size, size_name) in VALUE_SIZES {
         for (sync, sync_name, writers) in modes {
             for &w in writers {

@@ -57,7 +57,11 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), String> {
     let handles: Vec<_> = (0..shards)
         .map(|shard| {
             let args = args.clone();
-            let placement = if shards <= cores { Placement::Fixed(shard) } else { Placement::Unbound };
+            let placement = if shards <= cores {
+                Placement::Fixed(shard)
+            } else {
+                Placement::Unbound
+            };
             LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{shard}"))
                 .spawn(move || async move { shard_demo(shard, args, sync).await })

@@ -78,7 +78,13 @@ fn put_many(store: &dyn Store, next_key: &AtomicU64, total: u64, writers: u32, v
     started.elapsed()
 }
 
-pub(crate) fn bench_put(group: &mut BenchmarkGroup<'_, WallTime>, size_name: &str, size: usize, sync_name: &str, writers: u32) {
+pub(crate) fn bench_put(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    size_name: &str,
+    size: usize,
+    sync_name: &str,
+    writers: u32,
+) {
     let sync = sync_name == "always";
     let value = vec![0xa5u8; size];
     for peer in ["rocksdb", "fjall"] {
