@@ -1,0 +1,63 @@
+//! Preference lists: the N owners of a key's partition, then fallbacks for
+//! sloppy quorum.
+//!
+//! Fallbacks are found by walking the following partitions in order and
+//! taking their owners that are neither primaries nor reported down, so a
+//! failed node's load spreads over many nodes and every node computes the
+//! same list.
+
+use crate::claim::{Owner, PartitionTable};
+use crate::node::NodeId;
+
+/// Who should hold a key: primaries in preference order, then fallbacks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreferenceList {
+    pub partition: u32,
+    /// The partition's owners, whether up or down.
+    pub primaries: Vec<Owner>,
+    /// Distinct, healthy non-owners, in the order they should be tried.
+    pub fallbacks: Vec<Owner>,
+}
+
+impl PreferenceList {
+    /// Computes the list for `partition` with up to `fallbacks_max`
+    /// fallbacks, skipping nodes for which `is_down` is true.
+    pub fn new(
+        table: &PartitionTable,
+        partition: u32,
+        is_down: impl Fn(NodeId) -> bool,
+        fallbacks_max: usize,
+    ) -> PreferenceList {
+        let q = table.partition_count().get();
+        assert!(partition < q, "partition {partition} out of range for {q}");
+        let primaries = table.owners(partition).to_vec();
+        let mut fallbacks: Vec<Owner> = Vec::with_capacity(fallbacks_max);
+        for step in 1..q {
+            if fallbacks.len() >= fallbacks_max {
+                break;
+            }
+            let next = (partition + step) & (q - 1);
+            for owner in table.owners(next) {
+                let seen = primaries.iter().chain(&fallbacks).any(|o| o.node == owner.node);
+                if !seen && !is_down(owner.node) && fallbacks.len() < fallbacks_max {
+                    fallbacks.push(*owner);
+                }
+            }
+        }
+        PreferenceList {
+            partition,
+            primaries,
+            fallbacks,
+        }
+    }
+
+    /// The first N healthy nodes: up primaries, then as many fallbacks as
+    /// there are down primaries. This is where a sloppy-quorum write goes.
+    pub fn healthy_targets(&self, is_down: impl Fn(NodeId) -> bool) -> Vec<Owner> {
+        let up: Vec<Owner> = self.primaries.iter().copied().filter(|o| !is_down(o.node)).collect();
+        let missing = self.primaries.len() - up.len();
+        up.into_iter()
+            .chain(self.fallbacks.iter().copied().take(missing))
+            .collect()
+    }
+}
