@@ -265,6 +265,9 @@ async fn background_round(inner: &Rc<Inner>) -> Result<()> {
         }
         write_hint(inner, id).await?;
     }
+    if !inner.config.compaction_auto {
+        return Ok(());
+    }
     let mut report = CompactionReport::default();
     compact_candidates(inner, &mut report).await
 }

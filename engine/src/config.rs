@@ -69,6 +69,9 @@ pub struct EngineConfig {
     pub compaction_dead_fraction: f64,
     /// How often the background compactor looks for work.
     pub compaction_interval: Duration,
+    /// Whether the background task compacts on its own. When false, only
+    /// [`crate::Engine::compact`] compacts (hint files are still written).
+    pub compaction_auto: bool,
     /// Glommio shares of the background (compaction, hint) task queue,
     /// against 1000 for foreground work.
     pub background_shares: usize,
@@ -87,6 +90,7 @@ impl EngineConfig {
             cache_capacity_bytes: 64 << 20,
             compaction_dead_fraction: 0.3,
             compaction_interval: Duration::from_secs(5),
+            compaction_auto: true,
             background_shares: 50,
         }
     }

@@ -20,9 +20,18 @@ impl Signal {
     /// Wakes every current waiter.
     pub(crate) fn notify(&self) {
         self.epoch.set(self.epoch.get() + 1);
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for waker in waiters {
+        // Take the list out before waking, in case a waker re-registers
+        // synchronously; then give its allocation back for reuse.
+        let mut waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        if waiters.is_empty() {
+            return;
+        }
+        for waker in waiters.drain(..) {
             waker.wake();
+        }
+        let mut slot = self.waiters.borrow_mut();
+        if slot.is_empty() {
+            *slot = waiters;
         }
     }
 

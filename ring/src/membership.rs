@@ -62,7 +62,13 @@ impl NodeRecord {
             .then(self.incarnation.cmp(&other.incarnation))
             .then(self.lifecycle.cmp(&other.lifecycle))
             .then(self.liveness.cmp(&other.liveness))
-            .then_with(|| self.encode().cmp(&other.encode()))
+            .then_with(|| {
+                if self == other {
+                    Ordering::Equal
+                } else {
+                    self.encode().cmp(&other.encode())
+                }
+            })
     }
 
     fn encode(&self) -> Vec<u8> {
