@@ -276,14 +276,12 @@ fn main() {
             for &n in &left {
                 counts[n] += 1;
             }
-            for p in 0..q {
-                if left[p] == 0 {
-                    let to = (1..NODES)
-                        .min_by_key(|&n| (counts[n], rng.next() % 1024))
-                        .expect("nodes");
-                    left[p] = to;
-                    counts[to] += 1;
-                }
+            for owner in left.iter_mut().filter(|o| **o == 0) {
+                let to = (1..NODES)
+                    .min_by_key(|&n| (counts[n], rng.next() % 1024))
+                    .expect("nodes");
+                *owner = to;
+                counts[to] += 1;
             }
             leave += moved(&base, &strategy3(&left), leave_ideal);
         }
