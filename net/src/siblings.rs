@@ -1,0 +1,77 @@
+//! The value section of a get response: zero or more sibling values.
+//!
+//! `count: u32 | (flags: u8 | len: u32 | bytes)*`, little-endian. Flag bit 0
+//! marks a tombstone sibling (a delete concurrent with a write). Parsing
+//! borrows from the frame and checks every length against what remains.
+
+/// Sibling flag: this sibling is a tombstone.
+pub const SIBLING_TOMBSTONE: u8 = 0b0000_0001;
+/// Most siblings one response may carry.
+pub const SIBLINGS_MAX: u32 = 64;
+
+/// One sibling, borrowed from a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sibling<'a> {
+    pub tombstone: bool,
+    pub value: &'a [u8],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SiblingsError {
+    #[error("sibling list is truncated")]
+    Truncated,
+    #[error("{0} siblings exceed the limit of {SIBLINGS_MAX}")]
+    TooMany(u32),
+    #[error("{0} trailing bytes after the sibling list")]
+    Trailing(usize),
+    #[error("unknown sibling flags {0:#04x}")]
+    BadFlags(u8),
+}
+
+/// Appends the encoding of `siblings` to `out`.
+pub fn encode_siblings<'a>(out: &mut Vec<u8>, siblings: impl ExactSizeIterator<Item = Sibling<'a>>) {
+    let count = u32::try_from(siblings.len()).expect("sibling count is bounded by SIBLINGS_MAX");
+    assert!(count <= SIBLINGS_MAX, "{count} siblings exceed {SIBLINGS_MAX}");
+    out.extend_from_slice(&count.to_le_bytes());
+    for s in siblings {
+        out.push(if s.tombstone { SIBLING_TOMBSTONE } else { 0 });
+        let len = u32::try_from(s.value.len()).expect("values are bounded far below 4 GiB");
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(s.value);
+    }
+}
+
+/// Splits `n` bytes off the front of `bytes`.
+fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], SiblingsError> {
+    if bytes.len() < n {
+        return Err(SiblingsError::Truncated);
+    }
+    let (head, rest) = bytes.split_at(n);
+    *bytes = rest;
+    Ok(head)
+}
+
+/// Parses a sibling list, borrowing each value.
+pub fn decode_siblings(mut bytes: &[u8]) -> Result<Vec<Sibling<'_>>, SiblingsError> {
+    let count = u32::from_le_bytes(take(&mut bytes, 4)?.try_into().expect("4 bytes"));
+    if count > SIBLINGS_MAX {
+        return Err(SiblingsError::TooMany(count));
+    }
+    let mut siblings = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let flags = take(&mut bytes, 1)?[0];
+        if flags & !SIBLING_TOMBSTONE != 0 {
+            return Err(SiblingsError::BadFlags(flags));
+        }
+        let len = u32::from_le_bytes(take(&mut bytes, 4)?.try_into().expect("4 bytes"));
+        let value = take(&mut bytes, len as usize)?;
+        siblings.push(Sibling {
+            tombstone: flags & SIBLING_TOMBSTONE != 0,
+            value,
+        });
+    }
+    if !bytes.is_empty() {
+        return Err(SiblingsError::Trailing(bytes.len()));
+    }
+    Ok(siblings)
+}
