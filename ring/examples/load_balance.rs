@@ -71,6 +71,9 @@ fn walk(tokens: &[(u64, usize)], start: usize) -> Vec<usize> {
 /// fraction of the key space.
 type Placement = Vec<(f64, Vec<usize>)>;
 
+/// A token-based strategy: ring tokens → placement.
+type PlaceFn = dyn Fn(&[(u64, usize)]) -> Placement;
+
 fn strategy1(tokens: &[(u64, usize)]) -> Placement {
     (0..tokens.len())
         .map(|i| {
@@ -195,54 +198,41 @@ fn main() {
     let shrunk: Vec<usize> = (1..NODES).collect();
     let (join_ideal, leave_ideal) = (1.0 / (NODES + 1) as f64, 1.0 / NODES as f64);
     let mut rows = Vec::new();
-    for t in [8usize, 32, 128] {
-        let (mut eff, mut join, mut leave) = (0.0, 0.0, 0.0);
-        for seed in 0..SEEDS {
-            let mut rng = Rng(seed);
-            let tokens = random_tokens(&mut rng, &nodes, t);
-            let mut with_new = tokens.clone();
-            with_new.extend(random_tokens(&mut rng, &[NODES], t));
-            with_new.sort_unstable();
-            let without: Vec<(u64, usize)> = tokens.iter().copied().filter(|t| t.1 != 0).collect();
-            let base = keyspace_order(&tokens, strategy1(&tokens));
-            eff += efficiency(&base, &nodes);
-            join += moved(&base, &keyspace_order(&with_new, strategy1(&with_new)), join_ideal);
-            leave += moved(&base, &keyspace_order(&without, strategy1(&without)), leave_ideal);
+    let strategy1_placed = |tokens: &[(u64, usize)]| keyspace_order(tokens, strategy1(tokens));
+    let strategy2_placed = |tokens: &[(u64, usize)]| strategy2(tokens, 1024);
+    let token_strategies: [(&'static str, u64, &PlaceFn); 2] = [
+        ("1: T random tokens/node, partition by token", 0, &strategy1_placed),
+        (
+            "2: T random tokens/node, Q=1024 equal partitions",
+            100,
+            &strategy2_placed,
+        ),
+    ];
+    for (strategy, seed_base, place) in token_strategies {
+        for t in [8usize, 32, 128] {
+            let (mut eff, mut join, mut leave) = (0.0, 0.0, 0.0);
+            for seed in 0..SEEDS {
+                let mut rng = Rng(seed_base + seed);
+                let tokens = random_tokens(&mut rng, &nodes, t);
+                let mut with_new = tokens.clone();
+                with_new.extend(random_tokens(&mut rng, &[NODES], t));
+                with_new.sort_unstable();
+                let without: Vec<(u64, usize)> = tokens.iter().copied().filter(|t| t.1 != 0).collect();
+                let base = place(&tokens);
+                eff += efficiency(&base, &nodes);
+                join += moved(&base, &place(&with_new), join_ideal);
+                leave += moved(&base, &place(&without), leave_ideal);
+            }
+            let k = SEEDS as f64;
+            rows.push(Row {
+                strategy,
+                parameter: format!("T={t}"),
+                metadata_bytes: NODES * t * TOKEN_BYTES,
+                efficiency: eff / k,
+                join_moved: join / k,
+                leave_moved: leave / k,
+            });
         }
-        let k = SEEDS as f64;
-        rows.push(Row {
-            strategy: "1: T random tokens/node, partition by token",
-            parameter: format!("T={t}"),
-            metadata_bytes: NODES * t * TOKEN_BYTES,
-            efficiency: eff / k,
-            join_moved: join / k,
-            leave_moved: leave / k,
-        });
-    }
-    for t in [8usize, 32, 128] {
-        let q = 1024;
-        let (mut eff, mut join, mut leave) = (0.0, 0.0, 0.0);
-        for seed in 0..SEEDS {
-            let mut rng = Rng(100 + seed);
-            let tokens = random_tokens(&mut rng, &nodes, t);
-            let mut with_new = tokens.clone();
-            with_new.extend(random_tokens(&mut rng, &[NODES], t));
-            with_new.sort_unstable();
-            let without: Vec<(u64, usize)> = tokens.iter().copied().filter(|t| t.1 != 0).collect();
-            let base = strategy2(&tokens, q);
-            eff += efficiency(&base, &nodes);
-            join += moved(&base, &strategy2(&with_new, q), join_ideal);
-            leave += moved(&base, &strategy2(&without, q), leave_ideal);
-        }
-        let k = SEEDS as f64;
-        rows.push(Row {
-            strategy: "2: T random tokens/node, Q=1024 equal partitions",
-            parameter: format!("T={t}"),
-            metadata_bytes: NODES * t * TOKEN_BYTES,
-            efficiency: eff / k,
-            join_moved: join / k,
-            leave_moved: leave / k,
-        });
     }
     for q in [256usize, 1024, 4096] {
         let (mut eff, mut join, mut leave) = (0.0, 0.0, 0.0);
