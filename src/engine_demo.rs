@@ -1,5 +1,5 @@
-//! `dynkv serve` before the server exists: one glommio executor per core,
-//! each with its own engine, writing, reading, reopening and reporting.
+//! `dynkv demo`: one glommio executor per core, each with its own engine,
+//! writing, reading, reopening and reporting, with no network in the way.
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -50,8 +50,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), String> {
         return Err(format!("--concurrency {} must be between 1 and 4096", args.concurrency));
     }
     println!(
-        "dynkv: the network server is not built yet; running the storage engine demo on {shards} shard(s) \
-         ({cores} cores), data in {}",
+        "dynkv demo: the storage engine alone on {shards} shard(s) ({cores} cores), data in {}",
         args.data_dir.display()
     );
     let handles: Vec<_> = (0..shards)

@@ -1,10 +1,10 @@
-//! The `dynkv` command: `serve` runs a node, `bench` drives one.
-//!
-//! Until the network server lands (issue #4), `serve` runs the storage
-//! engine on every core and exercises it end to end, so the first command in
-//! the README already shows the thread-per-core engine at work.
+//! The `dynkv` command: `serve` runs a node, `ctl` talks to one, `demo`
+//! exercises the storage engine on every core.
 
+mod config;
+mod ctl;
 mod engine_demo;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,9 +24,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a node. For now: run the per-shard storage engine demo in the
-    /// data directory (writes, reads, reopens and reports).
-    Serve(engine_demo::DemoArgs),
+    /// Start a node (one shard per core; defaults need no config file).
+    Serve(config::ServeArgs),
+    /// Talk to a running node: get, put, del, stats, status.
+    Ctl(ctl::CtlArgs),
+    /// Run the storage engine alone on every core: write, read, reopen,
+    /// and report.
+    Demo(engine_demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,7 +40,9 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => engine_demo::run(args),
+        Command::Serve(args) => args.resolve().and_then(server::run),
+        Command::Ctl(args) => ctl::run(args),
+        Command::Demo(args) => engine_demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -135,6 +135,12 @@ impl EngineConfig {
         Ok(())
     }
 
+    /// Checks every bound without opening anything (what `Engine::open`
+    /// checks first).
+    pub fn validate_public(&self) -> Result<()> {
+        self.validate()
+    }
+
     /// Largest record this configuration admits.
     pub(crate) fn record_max_bytes(&self) -> usize {
         RECORD_HEADER_BYTES + self.key_len_max_bytes + self.value_len_max_bytes

@@ -265,12 +265,15 @@ async fn check_segment_header(file: &glommio::io::DmaFile, path: &Path, id: u32)
     SegmentHeader::check(&head, path, id)
 }
 
-pub(crate) async fn open(config: EngineConfig) -> Result<Engine> {
+pub(crate) async fn open(mut config: EngineConfig) -> Result<Engine> {
     config.validate()?;
     std::fs::create_dir_all(&config.dir).map_err(|source| EngineError::DataDirNotWritable {
         path: config.dir.clone(),
         source,
     })?;
+    // glommio opens paths relative to no directory (dirfd -1), so a relative
+    // path fails with EBADF; resolve it once here.
+    config.dir = std::fs::canonicalize(&config.dir).map_err(|e| EngineError::io("resolving", &config.dir, e))?;
     let lock = DirLock::acquire(&config.dir)?;
     prime_iopoll_probe(&config.dir).await?;
     let dir = Directory::open(&config.dir)

@@ -17,10 +17,12 @@
 //! assert_eq!((frame.key, frame.value, used), (&b"key"[..], &b"value"[..], wire.len()));
 //! ```
 
+mod client;
 mod frame;
 mod opcode;
 mod siblings;
 
+pub use client::{Client, ClientError, ClientOptions, GetResult};
 pub use frame::{
     check_header, decode, encode, Decoded, Frame, FrameError, FrameHeader, FrameLimits, Head, FLAG_RESPONSE,
     FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_VERSION,

@@ -1,0 +1,355 @@
+//! The Rust client, for glommio executors.
+//!
+//! Shard-aware: on connect it asks the node for its partition → shard map
+//! and shard ports, opens one pipelined connection per shard, and sends each
+//! request straight to the shard that owns the key, so the server never has
+//! to forward. Requests on a connection are pipelined and matched by request
+//! id; each has a timeout, and requests in flight are bounded.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use dynkv_ring::PartitionCount;
+use futures::channel::oneshot;
+use futures_lite::io::{ReadHalf, WriteHalf};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
+use glommio::task::JoinHandle;
+
+use crate::frame::{decode, encode, Decoded, FrameLimits, Head};
+use crate::opcode::{Opcode, Status};
+use crate::siblings::decode_siblings;
+
+/// Client settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOptions {
+    /// Per-request timeout, also sent to the server.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Requests in flight per shard connection before callers wait.
+    pub inflight_max: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+            inflight_max: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connection to {0} closed")]
+    Disconnected(SocketAddr),
+    #[error("server answered {status:?}: {message}")]
+    Server { status: Status, message: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A get's answer: every sibling value (one unless writes were concurrent;
+/// none if the key is absent) and the context to pass to a later put.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GetResult {
+    pub values: Vec<Vec<u8>>,
+    pub context: Vec<u8>,
+}
+
+struct Response {
+    status: u8,
+    context: Vec<u8>,
+    value: Vec<u8>,
+}
+
+/// One pipelined connection.
+struct Conn {
+    addr: SocketAddr,
+    pending: RefCell<HashMap<u64, oneshot::Sender<Response>>>,
+    next_id: Cell<u64>,
+    outbox: RefCell<Vec<u8>>,
+    doorbell: LocalSender<()>,
+    closed: Cell<bool>,
+    permits: Semaphore,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for task in self.tasks.borrow_mut().drain(..) {
+            task.cancel();
+        }
+    }
+}
+
+async fn read_loop(conn: Weak<Conn>, mut reader: ReadHalf<TcpStream>) {
+    let mut buf = Vec::with_capacity(64 << 10);
+    let mut chunk = vec![0u8; 64 << 10];
+    'read: loop {
+        let n = match reader.read(&mut chunk).await {
+            Ok(n) if n > 0 => n,
+            _ => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut consumed = 0;
+        loop {
+            match decode(&buf[consumed..], &FrameLimits::DEFAULT) {
+                Ok(Decoded::Frame(frame, used)) => {
+                    let Some(conn) = conn.upgrade() else { return };
+                    let waiter = conn.pending.borrow_mut().remove(&frame.header.request_id);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(Response {
+                            status: frame.header.status,
+                            context: frame.context.to_vec(),
+                            value: frame.value.to_vec(),
+                        });
+                    }
+                    consumed += used;
+                }
+                Ok(Decoded::NeedBytes(_)) => break,
+                Err(_) => break 'read,
+            }
+        }
+        buf.drain(..consumed);
+    }
+    if let Some(conn) = conn.upgrade() {
+        conn.closed.set(true);
+        // Dropping the senders wakes every waiter with "disconnected".
+        conn.pending.borrow_mut().clear();
+    }
+}
+
+async fn write_loop(conn: Weak<Conn>, mut writer: WriteHalf<TcpStream>, doorbell: local_channel::LocalReceiver<()>) {
+    while doorbell.recv().await.is_some() {
+        let Some(strong) = conn.upgrade() else { return };
+        let out = std::mem::take(&mut *strong.outbox.borrow_mut());
+        drop(strong);
+        if out.is_empty() {
+            continue;
+        }
+        if writer.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    if let Some(conn) = conn.upgrade() {
+        conn.closed.set(true);
+        conn.pending.borrow_mut().clear();
+    }
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr, options: &ClientOptions) -> Result<Rc<Conn>, ClientError> {
+        let stream = TcpStream::connect_timeout(addr, options.connect_timeout)
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = futures_lite::io::split(stream);
+        let (doorbell, ring) = local_channel::new_bounded(1);
+        let conn = Rc::new(Conn {
+            addr,
+            pending: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+            outbox: RefCell::new(Vec::new()),
+            doorbell,
+            closed: Cell::new(false),
+            permits: Semaphore::new(options.inflight_max as u64),
+            tasks: RefCell::new(Vec::new()),
+        });
+        let read = glommio::spawn_local(read_loop(Rc::downgrade(&conn), reader)).detach();
+        let write = glommio::spawn_local(write_loop(Rc::downgrade(&conn), writer, ring)).detach();
+        conn.tasks.borrow_mut().extend([read, write]);
+        Ok(conn)
+    }
+
+    async fn call(
+        &self,
+        mut head: Head,
+        key: &[u8],
+        context: &[u8],
+        value: &[u8],
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        let _permit = self
+            .permits
+            .acquire_permit(1)
+            .await
+            .map_err(|_| ClientError::Disconnected(self.addr))?;
+        if self.closed.get() {
+            return Err(ClientError::Disconnected(self.addr));
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        head.request_id = id;
+        head.timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        encode(&mut self.outbox.borrow_mut(), &head, key, context, value);
+        // A full doorbell means the writer will run anyway.
+        let _ = self.doorbell.try_send(());
+        match glommio::timer::timeout(timeout, async { Ok(rx.await) }).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(ClientError::Disconnected(self.addr)),
+            Err(_) => {
+                self.pending.borrow_mut().remove(&id);
+                Err(ClientError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+/// A connection to one node, shard-aware.
+pub struct Client {
+    options: ClientOptions,
+    q: PartitionCount,
+    shard_of: Vec<u16>,
+    conns: Vec<Rc<Conn>>,
+}
+
+fn server_error(response: &Response) -> ClientError {
+    match Status::from_u8(response.status) {
+        Some(status) => ClientError::Server {
+            status,
+            message: String::from_utf8_lossy(&response.value).into_owned(),
+        },
+        None => ClientError::Protocol(format!("unknown status {}", response.status)),
+    }
+}
+
+fn parse_shard_map(bytes: &[u8]) -> Result<(PartitionCount, Vec<u16>, Vec<u16>), ClientError> {
+    let bad = |what: &str| ClientError::Protocol(format!("bad shard map: {what}"));
+    let q = u32::from_le_bytes(bytes.get(..4).ok_or_else(|| bad("short"))?.try_into().expect("4 bytes"));
+    let q = PartitionCount::new(u64::from(q)).map_err(|e| bad(&e.to_string()))?;
+    let shards = u16::from_le_bytes(
+        bytes
+            .get(4..6)
+            .ok_or_else(|| bad("short"))?
+            .try_into()
+            .expect("2 bytes"),
+    );
+    let u16s = |from: usize, count: usize| -> Result<Vec<u16>, ClientError> {
+        let raw = bytes.get(from..from + 2 * count).ok_or_else(|| bad("truncated"))?;
+        Ok(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+    };
+    let ports = u16s(6, usize::from(shards))?;
+    let map = u16s(6 + 2 * usize::from(shards), q.get() as usize)?;
+    if map.iter().any(|&s| s >= shards) || shards == 0 {
+        return Err(bad("shard out of range"));
+    }
+    Ok((q, ports, map))
+}
+
+impl Client {
+    /// Connects to the node whose shard 0 (or any shard) listens at `addr`.
+    pub async fn connect(addr: SocketAddr, options: ClientOptions) -> Result<Client, ClientError> {
+        let first = Conn::open(addr, &options).await?;
+        let response = first
+            .call(Head::request(Opcode::ShardMap, 0), &[], &[], &[], options.timeout)
+            .await?;
+        if response.status != Status::Ok as u8 {
+            return Err(server_error(&response));
+        }
+        let (q, ports, shard_of) = parse_shard_map(&response.value)?;
+        let mut conns = Vec::with_capacity(ports.len());
+        for port in ports {
+            let shard_addr = SocketAddr::new(addr.ip(), port);
+            conns.push(if shard_addr == addr {
+                first.clone()
+            } else {
+                Conn::open(shard_addr, &options).await?
+            });
+        }
+        Ok(Client {
+            options,
+            q,
+            shard_of,
+            conns,
+        })
+    }
+
+    fn conn_for(&self, key: &[u8]) -> &Conn {
+        let shard = self.shard_of[self.q.partition_of(key) as usize];
+        &self.conns[usize::from(shard)]
+    }
+
+    async fn expect_ok(&self, op: Opcode, key: &[u8], context: &[u8], value: &[u8]) -> Result<Response, ClientError> {
+        let response = self
+            .conn_for(key)
+            .call(Head::request(op, 0), key, context, value, self.options.timeout)
+            .await?;
+        match Status::from_u8(response.status) {
+            Some(Status::Ok) | Some(Status::NotFound) => Ok(response),
+            _ => Err(server_error(&response)),
+        }
+    }
+
+    /// Reads `key`: its sibling values (empty if absent) and a context.
+    pub async fn get(&self, key: &[u8]) -> Result<GetResult, ClientError> {
+        let response = self.expect_ok(Opcode::Get, key, &[], &[]).await?;
+        if response.status == Status::NotFound as u8 {
+            return Ok(GetResult {
+                values: Vec::new(),
+                context: response.context,
+            });
+        }
+        let siblings = decode_siblings(&response.value).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(GetResult {
+            values: siblings
+                .iter()
+                .filter(|s| !s.tombstone)
+                .map(|s| s.value.to_vec())
+                .collect(),
+            context: response.context,
+        })
+    }
+
+    /// Writes `value`; with the context of a get it supersedes what that get
+    /// saw, without one it is concurrent with whatever exists.
+    pub async fn put(&self, key: &[u8], value: &[u8], context: Option<&[u8]>) -> Result<(), ClientError> {
+        self.expect_ok(Opcode::Put, key, context.unwrap_or(&[]), value)
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes `key` (writes a tombstone carrying `context`).
+    pub async fn delete(&self, key: &[u8], context: &[u8]) -> Result<(), ClientError> {
+        self.expect_ok(Opcode::Delete, key, context, &[]).await.map(|_| ())
+    }
+
+    /// The node's statistics, as Prometheus text.
+    pub async fn stats(&self) -> Result<String, ClientError> {
+        let response = self.conns[0]
+            .call(Head::request(Opcode::Stats, 0), &[], &[], &[], self.options.timeout)
+            .await?;
+        if response.status != Status::Ok as u8 {
+            return Err(server_error(&response));
+        }
+        Ok(String::from_utf8_lossy(&response.value).into_owned())
+    }
+
+    /// Round trip to shard 0.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        self.conns[0]
+            .call(Head::request(Opcode::Ping, 0), &[], &[], &[], self.options.timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// Shards of the node and their native-protocol addresses.
+    pub fn shard_addresses(&self) -> Vec<SocketAddr> {
+        self.conns.iter().map(|c| c.addr).collect()
+    }
+}

@@ -1,0 +1,214 @@
+//! Node configuration: embedded defaults, an optional TOML file, then flags
+//! (a flag beats the file, the file beats the default).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use dynkv_engine::SyncMode;
+use serde::Deserialize;
+
+/// Everything `dynkv serve` needs. Field names are the TOML keys.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ServeConfig {
+    /// Address every listener binds.
+    pub(crate) listen: IpAddr,
+    /// Native protocol: shard N listens on `base_port + N`.
+    pub(crate) base_port: u16,
+    /// Internode traffic: shard N on `internode_base_port + N` (used by
+    /// replication; reserved now).
+    pub(crate) internode_base_port: u16,
+    pub(crate) resp_port: u16,
+    pub(crate) metrics_port: u16,
+    pub(crate) data_dir: PathBuf,
+    /// Shards (executors, one per core). 0 means one per available core.
+    pub(crate) shards: usize,
+    /// `always`, `never` or `interval_ms=N`.
+    pub(crate) sync: String,
+    pub(crate) cache_mib: u64,
+    pub(crate) key_max_bytes: usize,
+    pub(crate) value_max_bytes: usize,
+    /// Requests in flight per connection before the server stops reading.
+    pub(crate) inflight_per_connection_max: usize,
+    /// Open connections per shard; more are accepted and closed at once.
+    pub(crate) connections_per_shard_max: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: IpAddr::from([127, 0, 0, 1]),
+            base_port: 7600,
+            internode_base_port: 7700,
+            resp_port: 7379,
+            metrics_port: 7380,
+            data_dir: PathBuf::from("./dynkv-data"),
+            shards: 0,
+            sync: "always".into(),
+            cache_mib: 64,
+            key_max_bytes: 1024,
+            value_max_bytes: 1 << 20,
+            inflight_per_connection_max: 1024,
+            connections_per_shard_max: 10_000,
+        }
+    }
+}
+
+/// Command-line overrides for [`ServeConfig`].
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct ServeArgs {
+    /// TOML file with any of the settings below (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long)]
+    listen: Option<IpAddr>,
+    /// Native protocol port of shard 0; shard N uses base+N [default: 7600].
+    #[arg(long)]
+    base_port: Option<u16>,
+    /// Internode port of shard 0 [default: 7700].
+    #[arg(long)]
+    internode_base_port: Option<u16>,
+    /// Redis protocol (RESP) port, served by every shard [default: 7379].
+    #[arg(long)]
+    resp_port: Option<u16>,
+    /// Prometheus metrics port [default: 7380].
+    #[arg(long)]
+    metrics_port: Option<u16>,
+    /// Data directory [default: ./dynkv-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Shards, one executor per core [default: every core].
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Durability: always | never | interval_ms=N [default: always].
+    #[arg(long)]
+    sync: Option<String>,
+    /// Read cache per shard, MiB [default: 64].
+    #[arg(long)]
+    cache_mib: Option<u64>,
+    /// Largest key in bytes [default: 1024].
+    #[arg(long)]
+    key_max_bytes: Option<usize>,
+    /// Largest value in bytes [default: 1048576].
+    #[arg(long)]
+    value_max_bytes: Option<usize>,
+}
+
+impl ServeArgs {
+    /// Resolves defaults, the file, and flags into a checked configuration.
+    pub(crate) fn resolve(&self) -> Result<ServeConfig, String> {
+        let mut config = match &self.config {
+            Some(path) => load_file(path)?,
+            None => ServeConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = &self.$field { config.$field = v.clone(); })* };
+        }
+        set!(
+            listen,
+            base_port,
+            internode_base_port,
+            resp_port,
+            metrics_port,
+            data_dir,
+            shards,
+            sync,
+            cache_mib,
+            key_max_bytes,
+            value_max_bytes
+        );
+        if config.shards == 0 {
+            config.shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+        config.check()?;
+        Ok(config)
+    }
+}
+
+fn load_file(path: &Path) -> Result<ServeConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+}
+
+impl ServeConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.shards > 256 {
+            return Err(format!("shards = {} is more than 256", self.shards));
+        }
+        let last = u32::from(self.base_port) + self.shards as u32 - 1;
+        if last > u32::from(u16::MAX)
+            || u32::from(self.internode_base_port) + self.shards as u32 - 1 > u32::from(u16::MAX)
+        {
+            return Err(format!("base ports + {} shards run past port 65535", self.shards));
+        }
+        SyncMode::parse(&self.sync).map_err(|e| e.to_string())?;
+        if self.inflight_per_connection_max == 0 || self.connections_per_shard_max == 0 {
+            return Err("inflight_per_connection_max and connections_per_shard_max must be positive".into());
+        }
+        let mut engine = self.engine_config(0);
+        engine.dir = PathBuf::from("/");
+        engine.validate_public().map_err(|e| e.to_string())
+    }
+
+    /// The engine configuration of shard `shard`.
+    pub(crate) fn engine_config(&self, shard: usize) -> dynkv_engine::EngineConfig {
+        let mut engine = dynkv_engine::EngineConfig::new(self.data_dir.join(format!("shard-{shard}")));
+        engine.sync = SyncMode::parse(&self.sync).unwrap_or(SyncMode::Always);
+        engine.cache_capacity_bytes = self.cache_mib << 20;
+        engine.key_len_max_bytes = self.key_max_bytes;
+        engine.value_len_max_bytes = self.value_max_bytes;
+        engine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dynkv.toml");
+        std::fs::write(&file, "base_port = 9000\nsync = \"never\"\nshards = 1\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            sync: Some("interval_ms=5".into()),
+            ..ServeArgs::default()
+        };
+        let config = args.resolve().unwrap();
+        assert_eq!(
+            (config.base_port, config.sync.as_str(), config.resp_port),
+            (9000, "interval_ms=5", 7379)
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "bse_port = 1\n").unwrap();
+        let err = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.contains("bse_port"), "{err}");
+        let err = ServeArgs {
+            sync: Some("sometimes".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.contains("sometimes"), "{err}");
+        let err = ServeArgs {
+            base_port: Some(65535),
+            shards: Some(4),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.contains("65535"), "{err}");
+    }
+}

@@ -1,0 +1,201 @@
+//! Per-shard counters and the Prometheus text endpoint.
+//!
+//! Counters live in `Cell`s of their shard (no atomics on the data path).
+//! The metrics listener, on shard 0, asks every shard for a snapshot over
+//! the mesh when scraped.
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::server::shard::{Op, Outcome, Shard, ShardReport};
+
+/// Upper bounds of the request latency histogram buckets, in µs.
+const LATENCY_BUCKETS_US: [u64; 10] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000];
+/// A scrape request larger than this is refused.
+const HTTP_REQUEST_MAX_BYTES: usize = 8 << 10;
+
+#[derive(Default)]
+pub(crate) struct ShardCounters {
+    ops: [Cell<u64>; 4],
+    errors: Cell<u64>,
+    pub(crate) forwarded: Cell<u64>,
+    latency: [Cell<u64>; LATENCY_BUCKETS_US.len() + 1],
+    latency_sum_us: Cell<u64>,
+}
+
+/// A `Send` copy of a shard's counters.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CountersSnapshot {
+    pub(crate) ops: [u64; 4],
+    pub(crate) errors: u64,
+    pub(crate) forwarded: u64,
+    pub(crate) latency: [u64; LATENCY_BUCKETS_US.len() + 1],
+    pub(crate) latency_sum_us: u64,
+    pub(crate) connections: usize,
+}
+
+const OP_NAMES: [&str; 4] = ["get", "put", "delete", "stats"];
+
+impl ShardCounters {
+    pub(crate) fn record(&self, op: Op, outcome: &Outcome, elapsed: Duration) {
+        let bump = |c: &Cell<u64>| c.set(c.get() + 1);
+        bump(&self.ops[op as usize]);
+        if matches!(outcome, Outcome::Failed(..)) {
+            bump(&self.errors);
+        }
+        let us = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        bump(&self.latency[bucket]);
+        self.latency_sum_us.set(self.latency_sum_us.get() + us);
+    }
+
+    pub(crate) fn snapshot(&self, connections: usize) -> CountersSnapshot {
+        CountersSnapshot {
+            ops: std::array::from_fn(|i| self.ops[i].get()),
+            errors: self.errors.get(),
+            forwarded: self.forwarded.get(),
+            latency: std::array::from_fn(|i| self.latency[i].get()),
+            latency_sum_us: self.latency_sum_us.get(),
+            connections,
+        }
+    }
+}
+
+/// Reads one engine figure for a gauge.
+type EngineGauge = fn(&dynkv_engine::EngineStats) -> u64;
+
+/// Renders reports in the Prometheus text exposition format.
+pub(crate) fn render(reports: &[ShardReport]) -> String {
+    let mut out = String::new();
+    fn metric(out: &mut String, name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = (String, u64)>) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in values {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+    let shard = |r: &ShardReport| format!("shard=\"{}\"", r.shard);
+    metric(
+        &mut out,
+        "dynkv_requests_total",
+        "counter",
+        "Requests executed, by operation.",
+        &mut reports.iter().flat_map(|r| {
+            OP_NAMES
+                .iter()
+                .enumerate()
+                .map(move |(i, op)| (format!("{},op=\"{op}\"", shard(r)), r.counters.ops[i]))
+        }),
+    );
+    metric(
+        &mut out,
+        "dynkv_request_errors_total",
+        "counter",
+        "Requests that failed.",
+        &mut reports.iter().map(|r| (shard(r), r.counters.errors)),
+    );
+    metric(
+        &mut out,
+        "dynkv_forwarded_total",
+        "counter",
+        "Requests forwarded to the owning shard.",
+        &mut reports.iter().map(|r| (shard(r), r.counters.forwarded)),
+    );
+    metric(
+        &mut out,
+        "dynkv_connections",
+        "gauge",
+        "Open client connections.",
+        &mut reports.iter().map(|r| (shard(r), r.counters.connections as u64)),
+    );
+    let _ = writeln!(out, "# HELP dynkv_request_duration_us Request latency on the owning shard path, microseconds.\n# TYPE dynkv_request_duration_us histogram");
+    for r in reports {
+        let mut cumulative = 0;
+        for (i, count) in r.counters.latency.iter().enumerate() {
+            cumulative += count;
+            let le = LATENCY_BUCKETS_US.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(
+                out,
+                "dynkv_request_duration_us_bucket{{{},le=\"{le}\"}} {cumulative}",
+                shard(r)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "dynkv_request_duration_us_sum{{{}}} {}",
+            shard(r),
+            r.counters.latency_sum_us
+        );
+        let _ = writeln!(out, "dynkv_request_duration_us_count{{{}}} {cumulative}", shard(r));
+    }
+    let engine: [(&str, &str, EngineGauge); 9] = [
+        ("dynkv_engine_keys", "Keys stored, tombstones included.", |e| e.keys),
+        ("dynkv_engine_live_bytes", "Bytes of newest records.", |e| e.live_bytes),
+        ("dynkv_engine_dead_bytes", "Bytes awaiting compaction.", |e| {
+            e.dead_bytes
+        }),
+        ("dynkv_engine_segments", "Segment files.", |e| e.segments),
+        (
+            "dynkv_engine_syncs_total",
+            "fdatasync calls (each covers a group of puts).",
+            |e| e.syncs,
+        ),
+        (
+            "dynkv_engine_cache_hits_total",
+            "Reads served by the value cache.",
+            |e| e.cache_hits,
+        ),
+        ("dynkv_engine_disk_reads_total", "Reads that went to disk.", |e| {
+            e.disk_reads
+        }),
+        (
+            "dynkv_engine_segments_compacted_total",
+            "Segments rewritten by compaction.",
+            |e| e.segments_compacted,
+        ),
+        ("dynkv_engine_bytes_written_total", "Bytes written to segments.", |e| {
+            e.bytes_written
+        }),
+    ];
+    for (name, help, get) in engine {
+        metric(
+            &mut out,
+            name,
+            "gauge",
+            help,
+            &mut reports.iter().map(|r| (shard(r), get(&r.engine))),
+        );
+    }
+    out
+}
+
+/// Serves one HTTP/1.1 scrape and closes the connection.
+pub(crate) async fn serve_scrape(shard: Rc<Shard>, mut stream: TcpStream) {
+    let mut request = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = glommio::timer::timeout(Duration::from_secs(5), async { Ok(stream.read(&mut chunk).await) }).await;
+        match read {
+            Ok(Ok(n)) if n > 0 && request.len() + n <= HTTP_REQUEST_MAX_BYTES => request.extend_from_slice(&chunk[..n]),
+            _ => return,
+        }
+    }
+    let (status, body) = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET / ") {
+        ("200 OK", render(&shard.all_reports().await))
+    } else {
+        ("404 Not Found", "try GET /metrics\n".to_string())
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.close().await;
+}

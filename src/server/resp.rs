@@ -1,0 +1,332 @@
+//! The Redis protocol (RESP2) listener, enough for redis-cli, redis-benchmark
+//! and common client libraries.
+//!
+//! Commands pipelined in one read run concurrently and are answered in
+//! order. Values are stored as given; when replication produces siblings,
+//! RESP resolves them by the rule documented in README ("RESP and
+//! siblings"). Only database 0 exists.
+
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::server::shard::{Op, Outcome, Shard};
+use crate::server::shutdown;
+
+/// Arguments in one command (MSET/MGET/DEL with many keys).
+const ARGS_MAX: usize = 64 * 1024;
+/// Commands executed concurrently from one connection's buffer.
+const PIPELINE_BATCH_MAX: usize = 1024;
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+enum Parsed<'a> {
+    Command(Vec<&'a [u8]>, usize),
+    Incomplete,
+    /// A protocol error: answered, then the connection is closed (as Redis
+    /// does), since the stream cannot be trusted past it.
+    Error(String),
+}
+
+fn line(buf: &[u8]) -> Option<(&[u8], usize)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    Some((&buf[..end], end + 2))
+}
+
+fn parse_int(bytes: &[u8]) -> Option<i64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// Parses one command from the front of `buf`.
+fn parse(buf: &[u8], bulk_max: usize) -> Parsed<'_> {
+    if buf.is_empty() {
+        return Parsed::Incomplete;
+    }
+    if buf[0] != b'*' {
+        // Inline command (telnet, `redis-cli` in some modes).
+        let Some((text, used)) = line(buf) else {
+            return if buf.len() > bulk_max {
+                Parsed::Error("inline command too long".into())
+            } else {
+                Parsed::Incomplete
+            };
+        };
+        let args: Vec<&[u8]> = text.split(|&b| b == b' ').filter(|a| !a.is_empty()).collect();
+        return Parsed::Command(args, used);
+    }
+    let Some((head, mut pos)) = line(buf) else {
+        return Parsed::Incomplete;
+    };
+    let count = match parse_int(&head[1..]) {
+        Some(n) if (0..=ARGS_MAX as i64).contains(&n) => n as usize,
+        _ => return Parsed::Error("invalid multibulk length".into()),
+    };
+    let mut args = Vec::with_capacity(count);
+    for _ in 0..count {
+        let Some((head, used)) = line(&buf[pos..]) else {
+            return Parsed::Incomplete;
+        };
+        if head.first() != Some(&b'$') {
+            return Parsed::Error(format!(
+                "expected '$', got '{}'",
+                head.first().map_or('?', |&b| b as char)
+            ));
+        }
+        let len = match parse_int(&head[1..]) {
+            Some(n) if (0..=bulk_max as i64).contains(&n) => n as usize,
+            _ => return Parsed::Error("invalid bulk length".into()),
+        };
+        pos += used;
+        if buf.len() < pos + len + 2 {
+            return Parsed::Incomplete;
+        }
+        if &buf[pos + len..pos + len + 2] != b"\r\n" {
+            return Parsed::Error("bulk string not terminated by CRLF".into());
+        }
+        args.push(&buf[pos..pos + len]);
+        pos += len + 2;
+    }
+    Parsed::Command(args, pos)
+}
+
+fn bulk(out: &mut Vec<u8>, value: &[u8]) {
+    out.extend_from_slice(format!("${}\r\n", value.len()).as_bytes());
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn error(out: &mut Vec<u8>, message: &str) {
+    // RESP errors are one line.
+    out.extend_from_slice(b"-");
+    out.extend_from_slice(message.replace(['\r', '\n'], " ").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn failure(out: &mut Vec<u8>, outcome: &Outcome) -> bool {
+    if let Outcome::Failed(status, message) = outcome {
+        error(out, &format!("ERR {status:?}: {message}"));
+        return true;
+    }
+    false
+}
+
+fn info_text(shard: &Shard) -> String {
+    let stats = shard.engine.stats();
+    format!(
+        "# Server\r\nredis_version:7.0.0\r\ndynkv_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\n\
+         tcp_port:{}\r\n# Keyspace\r\ndb0:keys={},expires=0\r\n# dynkv\r\nshard:{}\r\nshards:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        shard.config.resp_port,
+        stats.keys,
+        shard.id,
+        shard.config.shards,
+    )
+}
+
+/// Executes one command, appending its reply to `out`. Returns false if the
+/// connection should close after the reply (QUIT).
+async fn execute(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
+    let Some(name) = args.first() else {
+        return true;
+    };
+    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    let arity = |n: usize| args.len() == n;
+    match name.as_str() {
+        "PING" if args.len() <= 2 => match args.get(1) {
+            Some(message) => bulk(out, message),
+            None => out.extend_from_slice(b"+PONG\r\n"),
+        },
+        "ECHO" if arity(2) => bulk(out, args[1]),
+        "GET" if arity(2) => match shard.execute(Op::Get, args[1], &[], &[]).await {
+            Outcome::Value(v) => bulk(out, &v),
+            Outcome::NotFound => out.extend_from_slice(b"$-1\r\n"),
+            other => {
+                failure(out, &other);
+            }
+        },
+        "SET" if arity(3) => {
+            let outcome = shard.execute(Op::Put, args[1], &[], args[2]).await;
+            if !failure(out, &outcome) {
+                out.extend_from_slice(b"+OK\r\n");
+            }
+        }
+        "SET" if args.len() > 3 => error(out, "ERR syntax error (dynkv supports SET key value without options)"),
+        "MSET" if args.len() >= 3 && args.len() % 2 == 1 => {
+            let writes = args[1..].chunks(2).map(|kv| shard.execute(Op::Put, kv[0], &[], kv[1]));
+            let outcomes = futures::future::join_all(writes).await;
+            match outcomes.iter().find(|o| matches!(o, Outcome::Failed(..))) {
+                Some(failed) => {
+                    failure(out, failed);
+                }
+                None => out.extend_from_slice(b"+OK\r\n"),
+            }
+        }
+        "MGET" if args.len() >= 2 => {
+            let reads = args[1..].iter().map(|k| shard.execute(Op::Get, k, &[], &[]));
+            let outcomes = futures::future::join_all(reads).await;
+            out.extend_from_slice(format!("*{}\r\n", outcomes.len()).as_bytes());
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Value(v) => bulk(out, &v),
+                    _ => out.extend_from_slice(b"$-1\r\n"),
+                }
+            }
+        }
+        "DEL" | "EXISTS" if args.len() >= 2 => {
+            let mut count = 0;
+            for key in &args[1..] {
+                if matches!(shard.execute(Op::Get, key, &[], &[]).await, Outcome::Value(_)) {
+                    count += 1;
+                    if name == "DEL" {
+                        let outcome = shard.execute(Op::Delete, key, &[], &[]).await;
+                        if failure(out, &outcome) {
+                            return true;
+                        }
+                    }
+                }
+            }
+            out.extend_from_slice(format!(":{count}\r\n").as_bytes());
+        }
+        "INFO" => bulk(out, info_text(shard).as_bytes()),
+        "COMMAND" => out.extend_from_slice(b"*0\r\n"),
+        "CONFIG" if args.len() == 3 && args[1].eq_ignore_ascii_case(b"GET") => {
+            let key = String::from_utf8_lossy(args[2]).to_ascii_lowercase();
+            let value = match key.as_str() {
+                "save" => Some(String::new()),
+                "appendonly" => Some("no".into()),
+                "databases" => Some("1".into()),
+                "maxmemory" => Some("0".into()),
+                _ => None,
+            };
+            match value {
+                Some(v) => {
+                    out.extend_from_slice(b"*2\r\n");
+                    bulk(out, key.as_bytes());
+                    bulk(out, v.as_bytes());
+                }
+                None => out.extend_from_slice(b"*0\r\n"),
+            }
+        }
+        "SELECT" if arity(2) => {
+            if args[1] == b"0" {
+                out.extend_from_slice(b"+OK\r\n");
+            } else {
+                error(out, "ERR DB index is out of range (dynkv has database 0 only)");
+            }
+        }
+        "QUIT" => {
+            out.extend_from_slice(b"+OK\r\n");
+            return false;
+        }
+        "PING" | "ECHO" | "GET" | "SET" | "MSET" | "MGET" | "DEL" | "EXISTS" | "SELECT" | "CONFIG" => error(
+            out,
+            &format!(
+                "ERR wrong number of arguments for '{}' command",
+                name.to_ascii_lowercase()
+            ),
+        ),
+        _ => {
+            let first = args
+                .get(1)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .unwrap_or_default();
+            error(
+                out,
+                &format!("ERR unknown command '{name}', with args beginning with: '{first}'"),
+            );
+        }
+    }
+    true
+}
+
+/// Serves one RESP connection.
+pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let bulk_max = shard.config.value_max_bytes.max(shard.config.key_max_bytes) + 1;
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        let mut consumed = 0;
+        let mut commands = Vec::new();
+        let mut protocol_error = None;
+        while commands.len() < PIPELINE_BATCH_MAX {
+            match parse(&buf[consumed..], bulk_max) {
+                Parsed::Command(args, used) => {
+                    commands.push(args);
+                    consumed += used;
+                }
+                Parsed::Incomplete => break,
+                Parsed::Error(message) => {
+                    protocol_error = Some(message);
+                    break;
+                }
+            }
+        }
+        if !commands.is_empty() || protocol_error.is_some() {
+            let replies = futures::future::join_all(commands.iter().map(|args| async {
+                let mut out = Vec::new();
+                let keep_open = execute(&shard, args, &mut out).await;
+                (out, keep_open)
+            }))
+            .await;
+            drop(commands);
+            let mut out = Vec::new();
+            let mut keep_open = true;
+            for (reply, open) in replies {
+                if keep_open {
+                    out.extend_from_slice(&reply);
+                }
+                keep_open &= open;
+            }
+            if let Some(message) = &protocol_error {
+                error(&mut out, &format!("ERR Protocol error: {message}"));
+                keep_open = false;
+            }
+            if stream.write_all(&out).await.is_err() || !keep_open {
+                return;
+            }
+            buf.drain(..consumed);
+            continue;
+        }
+        let filled = buf.len();
+        if filled > bulk_max + 64 * 1024 {
+            return;
+        }
+        buf.resize(filled + READ_CHUNK_BYTES, 0);
+        let read = futures_lite::future::or(async { Some(stream.read(&mut buf[filled..]).await) }, async {
+            shutdown::wait().await;
+            None
+        })
+        .await;
+        match read {
+            Some(Ok(n)) if n > 0 => buf.truncate(filled + n),
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_arrays_inline_commands_and_partial_input() {
+        let Parsed::Command(args, used) = parse(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nrest", 100) else {
+            panic!()
+        };
+        assert_eq!((args, used), (vec![&b"GET"[..], &b"k"[..]], 20));
+        let Parsed::Command(args, _) = parse(b"PING  hello\r\n", 100) else {
+            panic!()
+        };
+        assert_eq!(args, vec![&b"PING"[..], &b"hello"[..]]);
+        assert!(matches!(parse(b"*2\r\n$3\r\nGE", 100), Parsed::Incomplete));
+        assert!(matches!(parse(b"*x\r\n", 100), Parsed::Error(_)));
+        assert!(
+            matches!(parse(b"*1\r\n$999\r\n", 100), Parsed::Error(_)),
+            "bulk over the limit"
+        );
+        assert!(
+            matches!(parse(b"*1\r\n$1\r\nab\r\n", 100), Parsed::Error(_)),
+            "missing CRLF"
+        );
+    }
+}

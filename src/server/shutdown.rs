@@ -1,0 +1,47 @@
+//! Graceful shutdown on SIGINT or SIGTERM.
+//!
+//! The first signal sets a flag that every shard polls; each shard stops
+//! accepting, finishes the requests it has read, makes its log durable and
+//! exits. A second signal exits at once (status 1), for an operator who
+//! will not wait.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// How often shards look at the flag. Bounds shutdown latency, costs a
+/// timer wake-up per shard per period.
+const SHUTDOWN_POLL_MS: u64 = 20;
+
+static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+fn flag() -> &'static Arc<AtomicBool> {
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+}
+
+/// Installs the handlers. Call once, before starting shards.
+pub(crate) fn install() -> std::io::Result<()> {
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Order matters: the conditional exit checks the flag before the
+        // plain handler sets it, so only a second signal exits.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, flag().clone())?;
+        signal_hook::flag::register(signal, flag().clone())?;
+    }
+    Ok(())
+}
+
+pub(crate) fn requested() -> bool {
+    flag().load(Ordering::Relaxed)
+}
+
+/// Resolves once shutdown is requested.
+pub(crate) async fn wait() {
+    while !requested() {
+        glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
+    }
+}
+
+/// Requests shutdown from inside the process (a fatal shard error).
+pub(crate) fn request() {
+    flag().store(true, Ordering::Relaxed);
+}

@@ -1,0 +1,403 @@
+//! `dynkv serve` as a real process on loopback: client operations,
+//! pipelining, restart, graceful SIGTERM, RESP through redis-cli, and
+//! hostile input. Every process a test starts is stopped by PID.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dynkv_net::{decode, encode, Client, ClientOptions, Decoded, FrameLimits, Head, Opcode, Status};
+
+const SHARDS: u16 = 2;
+
+/// A running node; killed by PID if a test ends without stopping it.
+struct Node {
+    child: Option<Child>,
+    base_port: u16,
+    resp_port: u16,
+}
+
+fn ports_free(ports: &[u16]) -> bool {
+    ports
+        .iter()
+        .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// Picks a free block of ports: SHARDS native ports, RESP, metrics.
+fn free_ports() -> (u16, u16, u16) {
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    for attempt in 0..200u64 {
+        let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 97) % 40_000) as u16;
+        let ports: Vec<u16> = (base..base + SHARDS + 2).collect();
+        if ports_free(&ports) {
+            return (base, base + SHARDS, base + SHARDS + 1);
+        }
+    }
+    panic!("no free port block on loopback");
+}
+
+impl Node {
+    /// Starts a node with its working directory in `dir` (so the default
+    /// relative `./dynkv-data` is exercised) and waits until it accepts.
+    fn start(dir: &Path, extra: &[&str]) -> Node {
+        let (base_port, resp_port, metrics_port) = free_ports();
+        let child = Command::new(env!("CARGO_BIN_EXE_dynkv"))
+            .current_dir(dir)
+            .args(["serve", "--shards", &SHARDS.to_string()])
+            .args([
+                "--base-port",
+                &base_port.to_string(),
+                "--resp-port",
+                &resp_port.to_string(),
+            ])
+            .args(["--metrics-port", &metrics_port.to_string()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start dynkv");
+        let node = Node {
+            child: Some(child),
+            base_port,
+            resp_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(node.addr()).is_err() || TcpStream::connect(("127.0.0.1", resp_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "node did not start listening on {}",
+                node.addr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        node
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base_port))
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Sends SIGTERM and returns the exit status (within 30 s).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node ignored SIGTERM for 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn run<T>(fut: impl std::future::Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::default()
+        .make()
+        .expect("executor")
+        .run(fut)
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    }
+}
+
+#[test]
+fn put_get_delete_through_the_client_and_data_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let addr = node.addr();
+    run(async move {
+        let client = Client::connect(addr, client_options()).await.unwrap();
+        assert_eq!(client.shard_addresses().len(), SHARDS as usize);
+        let writes = (0..500u32).map(|i| {
+            let client = &client;
+            async move {
+                client
+                    .put(format!("key-{i}").as_bytes(), format!("value-{i}").as_bytes(), None)
+                    .await
+            }
+        });
+        for result in futures::future::join_all(writes).await {
+            result.unwrap();
+        }
+        let got = client.get(b"key-7").await.unwrap();
+        assert_eq!(got.values, vec![b"value-7".to_vec()]);
+        client.delete(b"key-7", &got.context).await.unwrap();
+        assert!(
+            client.get(b"key-7").await.unwrap().values.is_empty(),
+            "deleted key is gone"
+        );
+        assert!(client.get(b"never-written").await.unwrap().values.is_empty());
+        let err = client.put(&[b'k'; 2000], b"v", None).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                dynkv_net::ClientError::Server {
+                    status: Status::KeyTooLarge,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(client.stats().await.unwrap().contains("dynkv_requests_total"));
+    });
+    assert!(node.terminate().success(), "SIGTERM exits 0");
+    let node = Node::start(dir.path(), &[]);
+    let addr = node.addr();
+    run(async move {
+        let client = Client::connect(addr, client_options()).await.unwrap();
+        for i in (0..500u32).filter(|&i| i != 7) {
+            let got = client.get(format!("key-{i}").as_bytes()).await.unwrap();
+            assert_eq!(
+                got.values,
+                vec![format!("value-{i}").into_bytes()],
+                "key-{i} after restart"
+            );
+        }
+        assert!(
+            client.get(b"key-7").await.unwrap().values.is_empty(),
+            "deleted key stays deleted"
+        );
+    });
+    assert!(node.terminate().success());
+}
+
+/// Reads exactly `count` response frames from a raw socket.
+fn read_frames(stream: &mut TcpStream, count: usize) -> Vec<(u64, u8)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut out = Vec::new();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while out.len() < count {
+        let n = stream.read(&mut chunk).expect("response before timeout");
+        assert!(n > 0, "server closed the connection early");
+        buf.extend_from_slice(&chunk[..n]);
+        while let Ok(Decoded::Frame(frame, used)) = decode(&buf, &FrameLimits::DEFAULT) {
+            out.push((frame.header.request_id, frame.header.status));
+            buf.drain(..used);
+        }
+    }
+    out
+}
+
+#[test]
+fn pipelined_responses_come_back_in_completion_order_matched_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut stream = TcpStream::connect(node.addr()).unwrap();
+    // A synced put (waits for fdatasync) then pings (answer at once), in
+    // one write.
+    let mut wire = Vec::new();
+    encode(&mut wire, &Head::request(Opcode::Put, 1), b"slow-key", b"", &[7u8; 100]);
+    for id in 2..=20 {
+        encode(&mut wire, &Head::request(Opcode::Ping, id), b"", b"", b"");
+    }
+    stream.write_all(&wire).unwrap();
+    let responses = read_frames(&mut stream, 20);
+    let mut ids: Vec<u64> = responses.iter().map(|r| r.0).collect();
+    assert_ne!(ids[0], 1, "the slow put must not hold back the pings: {ids:?}");
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=20).collect::<Vec<_>>(), "every request answered once");
+    assert!(responses.iter().all(|r| r.1 == Status::Ok as u8));
+    assert!(node.terminate().success());
+}
+
+#[test]
+fn hostile_input_closes_only_the_offending_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let addr = node.addr();
+    run(async move {
+        let client = Client::connect(addr, client_options()).await.unwrap();
+        client.put(b"precious", b"data", None).await.unwrap();
+    });
+    let expect_closed = |mut stream: TcpStream, what: &str| {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 256];
+        match stream.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("{what}: expected the server to close, got {other:?}"),
+        }
+    };
+    // Garbage bytes.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&[0x5a; 200]).unwrap();
+    expect_closed(s, "garbage");
+    // A valid-looking header with the wrong magic (an HTTP request).
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\0\0\0\0\0\0\0\0\0\0\0\0\0\0")
+        .unwrap();
+    expect_closed(s, "wrong magic");
+    // A length beyond the limit, announced in a correct header.
+    let mut wire = Vec::new();
+    encode(
+        &mut wire,
+        &Head::request(Opcode::Put, 1),
+        b"k",
+        b"",
+        &vec![0u8; 3 << 20],
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&wire[..64]).unwrap();
+    expect_closed(s, "oversized value");
+    // Half a frame, then the socket closes.
+    let mut wire = Vec::new();
+    encode(&mut wire, &Head::request(Opcode::Put, 1), b"half", b"", &[1u8; 500]);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&wire[..wire.len() / 2]).unwrap();
+    drop(s);
+    // An unknown opcode is answered, not dropped.
+    let mut wire = Vec::new();
+    encode(
+        &mut wire,
+        &Head {
+            opcode: 0x3f,
+            request_id: 9,
+            ..Head::default()
+        },
+        b"",
+        b"",
+        b"",
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&wire).unwrap();
+    assert_eq!(read_frames(&mut s, 1), vec![(9, Status::UnknownOpcode as u8)]);
+    // 10,000 connections opened and dropped.
+    for _ in 0..10_000 {
+        drop(TcpStream::connect(addr).unwrap());
+    }
+    run(async move {
+        let client = Client::connect(addr, client_options()).await.unwrap();
+        assert_eq!(
+            client.get(b"precious").await.unwrap().values,
+            vec![b"data".to_vec()],
+            "stored data intact"
+        );
+        assert!(
+            client.get(b"half").await.unwrap().values.is_empty(),
+            "a half frame writes nothing"
+        );
+        client.put(b"after", b"abuse", None).await.unwrap();
+    });
+    assert!(node.terminate().success(), "still exits cleanly after abuse");
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let output = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+#[test]
+fn redis_cli_speaks_to_the_resp_port() {
+    if Command::new("redis-cli").arg("--version").output().is_err() {
+        // CI installs redis-tools; a developer without it sees why.
+        eprintln!(
+            "SKIPPED redis_cli_speaks_to_the_resp_port: redis-cli is not installed (apt-get install redis-tools)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let port = node.resp_port;
+    let cli = |args: &[&str]| redis_cli(port, args).expect("redis-cli runs");
+    assert_eq!(cli(&["PING"]), "PONG");
+    assert_eq!(cli(&["SET", "greeting", "hello world"]), "OK");
+    assert_eq!(cli(&["GET", "greeting"]), "hello world");
+    assert_eq!(cli(&["EXISTS", "greeting", "nope"]), "1");
+    assert_eq!(cli(&["MSET", "a", "1", "b", "2"]), "OK");
+    assert_eq!(cli(&["MGET", "a", "b", "zz"]), "1\n2");
+    assert_eq!(cli(&["DEL", "a", "zz"]), "1");
+    assert_eq!(cli(&["GET", "a"]), "");
+    assert_eq!(cli(&["ECHO", "hi"]), "hi");
+    assert_eq!(cli(&["SELECT", "0"]), "OK");
+    assert!(
+        cli(&["FLUSHALL"]).contains("unknown command"),
+        "unknown commands get an error, not a drop"
+    );
+    assert!(cli(&["SET", "k"]).contains("wrong number of arguments"));
+    assert!(cli(&["INFO"]).contains("redis_version"));
+    // A key written over RESP is visible to the native client.
+    let addr = node.addr();
+    run(async move {
+        let client = Client::connect(addr, client_options()).await.unwrap();
+        assert_eq!(
+            client.get(b"greeting").await.unwrap().values,
+            vec![b"hello world".to_vec()]
+        );
+    });
+    assert!(node.terminate().success());
+}
+
+#[test]
+fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let addr = node.addr();
+    let pid = node.pid();
+    let acked = run(async move {
+        let client = Client::connect(addr, client_options()).await.unwrap();
+        let acked = std::cell::RefCell::new(Vec::new());
+        let writers = (0..32u32).map(|w| {
+            let (client, acked) = (&client, &acked);
+            async move {
+                for i in 0..200u32 {
+                    let key = format!("w{w}-{i}");
+                    if w == 0 && i == 50 {
+                        // SAFETY: signalling the node we started, by PID.
+                        unsafe { libc::kill(pid, libc::SIGTERM) };
+                    }
+                    match client.put(key.as_bytes(), key.as_bytes(), None).await {
+                        Ok(()) => acked.borrow_mut().push(key),
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+        futures::future::join_all(writers).await;
+        acked.into_inner()
+    });
+    let mut node = node;
+    let mut child = node.child.take().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    assert!(!acked.is_empty());
+    let node = Node::start(dir.path(), &[]);
+    let addr = node.addr();
+    run(async move {
+        let client = Client::connect(addr, client_options()).await.unwrap();
+        for key in &acked {
+            let got = client.get(key.as_bytes()).await.unwrap();
+            assert_eq!(got.values, vec![key.clone().into_bytes()], "acknowledged {key} lost");
+        }
+    });
+    assert!(node.terminate().success());
+}
