@@ -25,11 +25,19 @@ fn ports_free(ports: &[u16]) -> bool {
         .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
-/// Picks a free block of ports: SHARDS native ports, RESP, metrics.
+/// Picks a free block of ports: SHARDS native ports, RESP, metrics. Each
+/// call in this process gets a distinct block (tests run in parallel, and
+/// glommio listeners use SO_REUSEPORT, so two nodes on one port would
+/// silently share connections).
 fn free_ports() -> (u16, u16, u16) {
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    for attempt in 0..200u64 {
-        let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 97) % 40_000) as u16;
+    static NEXT_BLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let start = (u64::from(std::process::id()) * 131 + clock / 1000) % 3000;
+    for _ in 0..200 {
+        let block = (start + NEXT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 3000;
+        let base = 20_000 + (block * 10) as u16;
         let ports: Vec<u16> = (base..base + SHARDS + 2).collect();
         if ports_free(&ports) {
             return (base, base + SHARDS, base + SHARDS + 1);
@@ -193,7 +201,10 @@ fn read_frames(stream: &mut TcpStream, count: usize) -> Vec<(u64, u8)> {
     let mut out = Vec::new();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     while out.len() < count {
-        let n = stream.read(&mut chunk).expect("response before timeout");
+        let n = match stream.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => other.expect("response before timeout"),
+        };
         assert!(n > 0, "server closed the connection early");
         buf.extend_from_slice(&chunk[..n]);
         while let Ok(Decoded::Frame(frame, used)) = decode(&buf, &FrameLimits::DEFAULT) {
@@ -238,10 +249,13 @@ fn hostile_input_closes_only_the_offending_connection() {
     let expect_closed = |mut stream: TcpStream, what: &str| {
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut buf = [0u8; 256];
-        match stream.read(&mut buf) {
-            Ok(0) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("{what}: expected the server to close, got {other:?}"),
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => panic!("{what}: expected the server to close, got {other:?}"),
+            }
         }
     };
     // Garbage bytes.
