@@ -4,6 +4,7 @@
 
 pub(crate) mod metrics;
 mod native;
+mod recv;
 mod resp;
 pub(crate) mod shard;
 pub(crate) mod shutdown;
@@ -190,7 +191,7 @@ where
     let serve = Rc::new(serve);
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shutdown::wait().await;
+            shard.stopping.closed().await;
             None
         })
         .await;

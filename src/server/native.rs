@@ -11,14 +11,11 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use dynkv_net::{decode, encode, encode_siblings, Decoded, Frame, FrameLimits, Head, Opcode, Sibling, Status};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use crate::server::recv::{RecvBuf, READ_CHUNK_BYTES};
 use crate::server::shard::{Op, Outcome, Shard};
-use crate::server::shutdown;
-
-/// Bytes asked of the socket per read.
-const READ_CHUNK_BYTES: usize = 64 << 10;
 
 /// Section limits on a client port: generous enough to answer an oversized
 /// key or value with a status, small enough to bound the buffer.
@@ -127,7 +124,7 @@ async fn handle(shard: &Shard, frame: &Frame<'_>, out: &RefCell<Vec<u8>>) {
 pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let limits = client_limits(&shard);
     let batch_max = shard.config.inflight_per_connection_max;
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut buf = RecvBuf::new();
     let out = RefCell::new(Vec::with_capacity(READ_CHUNK_BYTES));
     loop {
         // First answer every complete frame already buffered (a batch at a
@@ -136,7 +133,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         let mut frames = Vec::new();
         let mut fatal = None;
         while frames.len() < batch_max {
-            match decode(&buf[consumed..], &limits) {
+            match decode(&buf.data()[consumed..], &limits) {
                 Ok(Decoded::Frame(frame, used)) => {
                     frames.push(frame);
                     consumed += used;
@@ -161,19 +158,16 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 tracing::debug!(shard = shard.id, "closing connection: {err}");
                 return;
             }
-            buf.drain(..consumed);
+            buf.consume(consumed);
             continue;
         }
-        let filled = buf.len();
-        buf.resize(filled + READ_CHUNK_BYTES, 0);
-        let read = futures_lite::future::or(async { Some(stream.read(&mut buf[filled..]).await) }, async {
-            shutdown::wait().await;
+        let read = futures_lite::future::or(async { Some(buf.read_from(&mut stream).await) }, async {
+            shard.stopping.closed().await;
             None
         })
         .await;
-        match read {
-            Some(Ok(n)) if n > 0 => buf.truncate(filled + n),
-            _ => return,
+        if !matches!(read, Some(Ok(n)) if n > 0) {
+            return;
         }
     }
 }

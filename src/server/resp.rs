@@ -8,17 +8,16 @@
 
 use std::rc::Rc;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use crate::server::recv::RecvBuf;
 use crate::server::shard::{Op, Outcome, Shard};
-use crate::server::shutdown;
 
 /// Arguments in one command (MSET/MGET/DEL with many keys).
 const ARGS_MAX: usize = 64 * 1024;
 /// Commands executed concurrently from one connection's buffer.
 const PIPELINE_BATCH_MAX: usize = 1024;
-const READ_CHUNK_BYTES: usize = 64 << 10;
 
 enum Parsed<'a> {
     Command(Vec<&'a [u8]>, usize),
@@ -243,13 +242,13 @@ async fn execute(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
 /// Serves one RESP connection.
 pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let bulk_max = shard.config.value_max_bytes.max(shard.config.key_max_bytes) + 1;
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut buf = RecvBuf::new();
     loop {
         let mut consumed = 0;
         let mut commands = Vec::new();
         let mut protocol_error = None;
         while commands.len() < PIPELINE_BATCH_MAX {
-            match parse(&buf[consumed..], bulk_max) {
+            match parse(&buf.data()[consumed..], bulk_max) {
                 Parsed::Command(args, used) => {
                     commands.push(args);
                     consumed += used;
@@ -284,22 +283,20 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             if stream.write_all(&out).await.is_err() || !keep_open {
                 return;
             }
-            buf.drain(..consumed);
+            buf.consume(consumed);
             continue;
         }
-        let filled = buf.len();
-        if filled > bulk_max + 64 * 1024 {
+        // A command larger than any value allowed cannot be completed.
+        if buf.data().len() > bulk_max + 64 * 1024 {
             return;
         }
-        buf.resize(filled + READ_CHUNK_BYTES, 0);
-        let read = futures_lite::future::or(async { Some(stream.read(&mut buf[filled..]).await) }, async {
-            shutdown::wait().await;
+        let read = futures_lite::future::or(async { Some(buf.read_from(&mut stream).await) }, async {
+            shard.stopping.closed().await;
             None
         })
         .await;
-        match read {
-            Some(Ok(n)) if n > 0 => buf.truncate(filled + n),
-            _ => return,
+        if !matches!(read, Some(Ok(n)) if n > 0) {
+            return;
         }
     }
 }

@@ -70,6 +70,8 @@ pub(crate) struct Shard {
     pub(crate) counters: ShardCounters,
     /// Open client connections on this shard.
     pub(crate) connections: Cell<usize>,
+    /// Closed when the node shuts down.
+    pub(crate) stopping: Rc<crate::server::shutdown::Gate>,
 }
 
 fn failed(err: EngineError) -> Outcome {
@@ -100,6 +102,7 @@ impl Shard {
             senders,
             counters: ShardCounters::default(),
             connections: Cell::new(0),
+            stopping: crate::server::shutdown::Gate::new(),
         }
     }
 

@@ -34,10 +34,41 @@ pub(crate) fn requested() -> bool {
     flag().load(Ordering::Relaxed)
 }
 
-/// Resolves once shutdown is requested.
+/// Resolves once shutdown is requested. One poller per shard; everything
+/// else waits on the shard's [`Gate`], which costs no timer.
 pub(crate) async fn wait() {
     while !requested() {
         glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
+    }
+}
+
+/// A shard-local shutdown notice. Connections race their reads against
+/// [`Gate::closed`]; one task per shard closes the gate when the process
+/// flag is set.
+pub(crate) struct Gate {
+    semaphore: glommio::sync::Semaphore,
+}
+
+impl Gate {
+    /// Creates the gate and the task that closes it on shutdown.
+    pub(crate) fn new() -> std::rc::Rc<Gate> {
+        let gate = std::rc::Rc::new(Gate {
+            semaphore: glommio::sync::Semaphore::new(0),
+        });
+        let closer = gate.clone();
+        glommio::spawn_local(async move {
+            wait().await;
+            closer.semaphore.close();
+        })
+        .detach();
+        gate
+    }
+
+    /// Resolves when the node is shutting down.
+    pub(crate) async fn closed(&self) {
+        // No permit is ever signalled: acquiring only ends when the
+        // semaphore is closed.
+        let _ = self.semaphore.acquire(1).await;
     }
 }
 

@@ -1,0 +1,44 @@
+//! Socket reads into a growing buffer without re-zeroing it.
+
+use futures_lite::AsyncReadExt;
+use glommio::net::TcpStream;
+
+/// Bytes asked of the socket per read.
+pub(crate) const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// A receive buffer: `bytes[..len]` holds unread data. Its allocation only
+/// grows (and is zeroed) when a frame needs more room, not on every read.
+pub(crate) struct RecvBuf {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl RecvBuf {
+    pub(crate) fn new() -> RecvBuf {
+        RecvBuf {
+            bytes: vec![0; READ_CHUNK_BYTES],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// Drops the first `n` bytes (the frames already answered).
+    pub(crate) fn consume(&mut self, n: usize) {
+        assert!(n <= self.len, "consumed more than was read");
+        self.bytes.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+
+    /// Reads once from `stream`. Returns the bytes read (0 at end of stream).
+    pub(crate) async fn read_from(&mut self, stream: &mut TcpStream) -> std::io::Result<usize> {
+        if self.bytes.len() - self.len < READ_CHUNK_BYTES / 4 {
+            self.bytes.resize(self.bytes.len() + READ_CHUNK_BYTES, 0);
+        }
+        let n = stream.read(&mut self.bytes[self.len..]).await?;
+        self.len += n;
+        Ok(n)
+    }
+}
