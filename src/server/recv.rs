@@ -3,6 +3,8 @@
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 
+use crate::server::shutdown::Gate;
+
 /// Bytes asked of the socket per read.
 pub(crate) const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -32,8 +34,20 @@ impl RecvBuf {
         self.len -= n;
     }
 
+    /// Reads once from `stream`, unless the node starts shutting down first.
+    /// Returns false when the connection should end (end of stream, an
+    /// error, or shutdown).
+    pub(crate) async fn read_unless_stopping(&mut self, stream: &mut TcpStream, stopping: &Gate) -> bool {
+        let read = futures_lite::future::or(async { Some(self.read_from(stream).await) }, async {
+            stopping.closed().await;
+            None
+        })
+        .await;
+        matches!(read, Some(Ok(n)) if n > 0)
+    }
+
     /// Reads once from `stream`. Returns the bytes read (0 at end of stream).
-    pub(crate) async fn read_from(&mut self, stream: &mut TcpStream) -> std::io::Result<usize> {
+    async fn read_from(&mut self, stream: &mut TcpStream) -> std::io::Result<usize> {
         if self.bytes.len() - self.len < READ_CHUNK_BYTES / 4 {
             self.bytes.resize(self.bytes.len() + READ_CHUNK_BYTES, 0);
         }

@@ -290,12 +290,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         if buf.data().len() > bulk_max + 64 * 1024 {
             return;
         }
-        let read = futures_lite::future::or(async { Some(buf.read_from(&mut stream).await) }, async {
-            shard.stopping.closed().await;
-            None
-        })
-        .await;
-        if !matches!(read, Some(Ok(n)) if n > 0) {
+        if !buf.read_unless_stopping(&mut stream, &shard.stopping).await {
             return;
         }
     }
