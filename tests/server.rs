@@ -48,39 +48,58 @@ fn free_ports() -> (u16, u16, u16) {
 
 impl Node {
     /// Starts a node with its working directory in `dir` (so the default
-    /// relative `./dynkv-data` is exercised) and waits until it accepts.
+    /// relative `./dynkv-data` is exercised) and waits until it accepts. If
+    /// the node exits because a port was taken meanwhile, retries on another
+    /// block; any other early exit fails with the node's log.
     fn start(dir: &Path, extra: &[&str]) -> Node {
-        let (base_port, resp_port, metrics_port) = free_ports();
-        let child = Command::new(env!("CARGO_BIN_EXE_dynkv"))
-            .current_dir(dir)
-            .args(["serve", "--shards", &SHARDS.to_string()])
-            .args([
-                "--base-port",
-                &base_port.to_string(),
-                "--resp-port",
-                &resp_port.to_string(),
-            ])
-            .args(["--metrics-port", &metrics_port.to_string()])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start dynkv");
-        let node = Node {
-            child: Some(child),
-            base_port,
-            resp_port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(node.addr()).is_err() || TcpStream::connect(("127.0.0.1", resp_port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "node did not start listening on {}",
-                node.addr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        for _attempt in 0..5 {
+            let (base_port, resp_port, metrics_port) = free_ports();
+            let log_path = dir.join(format!("node-{base_port}.log"));
+            let log = std::fs::File::create(&log_path).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_dynkv"))
+                .current_dir(dir)
+                .args(["serve", "--shards", &SHARDS.to_string()])
+                .args([
+                    "--base-port",
+                    &base_port.to_string(),
+                    "--resp-port",
+                    &resp_port.to_string(),
+                ])
+                .args(["--metrics-port", &metrics_port.to_string()])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start dynkv");
+            let mut node = Node {
+                child: Some(child),
+                base_port,
+                resp_port,
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let up =
+                    TcpStream::connect(node.addr()).is_ok() && TcpStream::connect(("127.0.0.1", resp_port)).is_ok();
+                if up {
+                    return node;
+                }
+                if let Some(status) = node.child.as_mut().unwrap().try_wait().unwrap() {
+                    node.child = None;
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    assert!(log.contains("cannot listen"), "node exited early ({status}):\n{log}");
+                    break;
+                }
+                let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+                assert!(
+                    Instant::now() < deadline,
+                    "node did not start listening on {}:\n{}",
+                    node.addr(),
+                    log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        node
+        panic!("could not find free ports for a node in 5 attempts");
     }
 
     fn addr(&self) -> SocketAddr {

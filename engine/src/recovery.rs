@@ -257,6 +257,24 @@ fn list_dir(dir: &Path) -> Result<(Vec<u32>, BTreeSet<u32>)> {
     Ok((segments, hints))
 }
 
+/// Whether a segment file is empty or all zeros in its first block (what a
+/// crash during creation leaves: the header is one sector, written and
+/// synced before any record).
+async fn is_blank(file: &glommio::io::DmaFile, path: &Path) -> Result<bool> {
+    let size = file
+        .file_size()
+        .await
+        .map_err(|e| EngineError::glommio("sizing segment", path, e))?;
+    if size > 64 << 10 {
+        return Ok(false);
+    }
+    let head = file
+        .read_at(0, size as usize)
+        .await
+        .map_err(|e| EngineError::glommio("reading segment", path, e))?;
+    Ok(head.iter().all(|&b| b == 0))
+}
+
 async fn check_segment_header(file: &glommio::io::DmaFile, path: &Path, id: u32) -> Result<()> {
     let head = file
         .read_at(0, SEGMENT_HEADER_BYTES)
@@ -295,7 +313,18 @@ pub(crate) async fn open(mut config: EngineConfig) -> Result<Engine> {
             .dma_open(&path)
             .await
             .map_err(|e| EngineError::glommio("opening segment", &path, e))?;
-        check_segment_header(&file, &path, id).await?;
+        if let Err(err) = check_segment_header(&file, &path, id).await {
+            if i + 1 == ids.len() && is_blank(&file, &path).await? {
+                // A crash while creating this segment, before its header was
+                // durable: it never held a record.
+                tracing::warn!(segment = id, "removing a segment whose creation was cut short");
+                file.remove()
+                    .await
+                    .map_err(|e| EngineError::glommio("removing unfinished segment", &path, e))?;
+                continue;
+            }
+            return Err(err);
+        }
         let mut segment = Segment::new(id, Rc::new(file));
         segment.sealed = true;
         loader.segments.insert(id, segment);

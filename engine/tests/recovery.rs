@@ -190,3 +190,24 @@ fn a_damaged_hint_file_falls_back_to_scanning() {
         engine.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_segment_cut_short_at_creation_is_removed_and_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let newest = write_and_close(dir.path(), 50);
+    // What a crash between creating the next segment and syncing its header
+    // leaves: an empty file, or one block of zeros.
+    let id: u32 = newest.file_stem().unwrap().to_str().unwrap()[4..].parse().unwrap();
+    for (n, content) in [(1, vec![]), (2, vec![0u8; 4096])] {
+        let blank = dir.path().join(format!("seg-{:010}.log", id + n));
+        std::fs::write(&blank, content).unwrap();
+        run(async {
+            let engine = Engine::open(small_config(dir.path())).await.unwrap();
+            for i in 0..50 {
+                assert_eq!(engine.get(i % 4, &key(i)).await.unwrap().unwrap().value, value(i));
+            }
+            engine.close().await.unwrap();
+        });
+        assert!(!blank.exists(), "the unfinished segment was removed");
+    }
+}
