@@ -2,6 +2,7 @@
 //! native-protocol port, a share of the RESP port (SO_REUSEPORT), and
 //! channels to every other shard. Shard 0 also serves metrics.
 
+mod host;
 pub(crate) mod metrics;
 mod native;
 mod recv;
@@ -60,6 +61,8 @@ fn preflight(config: &ServeConfig) -> Result<(), String> {
 pub(crate) fn run(config: ServeConfig) -> Result<(), String> {
     shutdown::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     preflight(&config)?;
+    let host = host::inspect(&config.data_dir, config.shards)?;
+    println!("dynkv: {}", host.describe(config.shards));
     let (q, shard_of) = shard_map(config.shards)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mesh: MeshBuilder<ShardMsg, _> = MeshBuilder::full(config.shards, MESH_CHANNEL_CAPACITY);
