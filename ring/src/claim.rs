@@ -368,7 +368,11 @@ impl Claim<'_> {
     fn rebalance(&mut self) {
         let by_id = |a: &usize, b: &usize, key: &dyn Fn(usize) -> f64| key(*b).total_cmp(&key(*a)).then(a.cmp(b));
         for _ in 0..self.slots.len() * 2 {
-            let mut donors: Vec<usize> = (0..self.members.len()).filter(|&i| self.excess(i) > EPSILON).collect();
+            // Any node may donate to one at least one replica further below
+            // its ideal (not only nodes above theirs): a capped node can
+            // otherwise miss the last rows it needs, held only by nodes at or
+            // just below ideal. Each move still cuts the squared distance.
+            let mut donors: Vec<usize> = (0..self.members.len()).collect();
             let mut recipients: Vec<usize> = (0..self.members.len()).filter(|&i| self.excess(i) < -EPSILON).collect();
             donors.sort_by(|a, b| by_id(a, b, &|i| self.excess(i)));
             recipients.sort_by(|a, b| by_id(a, b, &|i| -self.excess(i)));
