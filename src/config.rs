@@ -146,9 +146,7 @@ impl ServeConfig {
         if self.inflight_per_connection_max == 0 || self.connections_per_shard_max == 0 {
             return Err("inflight_per_connection_max and connections_per_shard_max must be positive".into());
         }
-        let mut engine = self.engine_config(0);
-        engine.dir = PathBuf::from("/");
-        engine.validate_public().map_err(|e| e.to_string())
+        self.engine_config(0).validate().map_err(|e| e.to_string())
     }
 
     /// The engine configuration of shard `shard`.

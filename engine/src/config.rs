@@ -95,8 +95,9 @@ impl EngineConfig {
         }
     }
 
-    /// Checks every bound; called by `Engine::open`.
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks every bound without opening anything; `Engine::open` calls
+    /// it first.
+    pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(EngineError::Config(msg));
         if self.key_len_max_bytes == 0 || self.key_len_max_bytes > KEY_LEN_CEILING_BYTES {
             return fail(format!(
@@ -133,12 +134,6 @@ impl EngineConfig {
             ));
         }
         Ok(())
-    }
-
-    /// Checks every bound without opening anything (what `Engine::open`
-    /// checks first).
-    pub fn validate_public(&self) -> Result<()> {
-        self.validate()
     }
 
     /// Largest record this configuration admits.

@@ -118,15 +118,7 @@ impl State {
             .get_mut(&at.segment)
             .expect("the active segment is registered")
             .note_record(bytes, header.seq);
-        let entry = KeyEntry {
-            seq: header.seq,
-            body_checksum: header.body_checksum,
-            segment: at.segment,
-            offset: at.offset,
-            value_len: header.value_len,
-            key_len: header.key_len,
-            flags: header.flags,
-        };
+        let entry = KeyEntry::at(header, at.segment, at.offset);
         match self.keydir.apply(header.partition, key, entry) {
             Applied::Newer(Some(old)) => self.mark_dead(old.segment, old.record_bytes()),
             Applied::Newer(None) => {}

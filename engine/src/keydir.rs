@@ -28,6 +28,19 @@ pub(crate) struct KeyEntry {
 }
 
 impl KeyEntry {
+    /// The entry for the record with `header` at `offset` of `segment`.
+    pub(crate) fn at(header: &crate::record::RecordHeader, segment: u32, offset: u32) -> KeyEntry {
+        KeyEntry {
+            seq: header.seq,
+            body_checksum: header.body_checksum,
+            segment,
+            offset,
+            value_len: header.value_len,
+            key_len: header.key_len,
+            flags: header.flags,
+        }
+    }
+
     pub(crate) fn is_tombstone(&self) -> bool {
         self.flags & FLAG_TOMBSTONE != 0
     }

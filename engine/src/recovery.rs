@@ -161,15 +161,11 @@ impl Loader {
         let file = self.segments[&id].file.clone();
         let mut cursor = SegmentCursor::open(&file, &path, id, record_max).await?;
         while let Some((offset, view)) = cursor.next().await? {
-            let entry = KeyEntry {
-                seq: view.header.seq,
-                body_checksum: view.header.body_checksum,
-                segment: id,
-                offset: u32::try_from(offset).expect("segments are at most 4 GiB"),
-                value_len: view.header.value_len,
-                key_len: view.header.key_len,
-                flags: view.header.flags,
-            };
+            let entry = KeyEntry::at(
+                &view.header,
+                id,
+                u32::try_from(offset).expect("segments are at most 4 GiB"),
+            );
             let (partition, key) = (view.header.partition, view.key.to_vec());
             self.apply(id, partition, &key, entry);
         }

@@ -210,14 +210,21 @@ fn water_fill(total: f64, weights: &[f64], cap: f64) -> Vec<f64> {
     }
 }
 
+/// The zones present, sorted. Replicas spread over zones when there are at
+/// least as many zones as replicas.
+fn distinct_zones(members: &[ClaimNode]) -> Vec<ZoneId> {
+    let mut zones: Vec<ZoneId> = members.iter().map(|m| m.zone).collect();
+    zones.sort_unstable();
+    zones.dedup();
+    zones
+}
+
 /// Each node's ideal (real-valued) replica count: proportional to weight,
 /// at most one replica per partition per node, and at most one per zone
 /// when zones are spread.
 fn ideal_loads(members: &[ClaimNode], q: u32, replicas: usize, zone_spread: bool) -> Vec<f64> {
     let total = f64::from(q) * replicas as f64;
-    let mut zones: Vec<ZoneId> = members.iter().map(|m| m.zone).collect();
-    zones.sort_unstable();
-    zones.dedup();
+    let zones = distinct_zones(members);
     let zone_weights: Vec<f64> = zones
         .iter()
         .map(|z| {
@@ -410,10 +417,7 @@ pub fn claim(
 ) -> Result<PartitionTable, RingError> {
     let members = validate(nodes, n)?;
     let replicas = n.min(members.len());
-    let mut zones: Vec<ZoneId> = members.iter().map(|m| m.zone).collect();
-    zones.sort_unstable();
-    zones.dedup();
-    let zone_spread = zones.len() >= replicas;
+    let zone_spread = distinct_zones(&members).len() >= replicas;
     let ideal = ideal_loads(&members, q.get(), replicas, zone_spread);
     let index: HashMap<NodeId, usize> = members.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
     let mut state = Claim {
@@ -536,9 +540,7 @@ fn assign_shards(state: &Claim<'_>, prev: Option<&PartitionTable>, index: &HashM
 /// tools and the load-balance report).
 pub fn ideal_load(table: &PartitionTable, node: NodeId) -> f64 {
     let members = &table.members;
-    let mut zones: Vec<ZoneId> = members.iter().map(|m| m.zone).collect();
-    zones.sort_unstable();
-    zones.dedup();
-    let ideal = ideal_loads(members, table.q.get(), table.replicas, zones.len() >= table.replicas);
+    let zone_spread = distinct_zones(members).len() >= table.replicas;
+    let ideal = ideal_loads(members, table.q.get(), table.replicas, zone_spread);
     members.iter().position(|m| m.id == node).map_or(0.0, |i| ideal[i])
 }
