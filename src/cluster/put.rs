@@ -1,0 +1,359 @@
+//! One write's round at its coordinator: replicate the new version to the
+//! other replicas and decide once W of them (pw of them primaries) hold it.
+//!
+//! The coordinator has already made the version and stored it locally when
+//! the round starts; that copy counts as the first ack. A primary that is
+//! known to be down, refuses, or does not answer within
+//! `replica_timeout_ms` is replaced by the next unused fallback, which gets
+//! the same version with a hint naming that primary (sloppy quorum). The
+//! round keeps running after it has answered, until every copy is placed or
+//! the deadline passes, so that N copies exist whenever the cluster allows.
+
+use dynkv_ring::NodeId;
+
+use super::{Quorum, QuorumError, Send, Tally};
+
+/// What a put round needs to know, fixed at its start.
+#[derive(Clone, Debug)]
+pub struct PutPlan {
+    /// The partition's owners in preference order, whether up or down.
+    pub primaries: Vec<NodeId>,
+    /// Healthy non-owners in the order to try them.
+    pub fallbacks: Vec<NodeId>,
+    /// Nodes believed down now; their copies go straight to fallbacks.
+    pub down: Vec<NodeId>,
+    /// The node running the round; it already holds the version.
+    pub coordinator: NodeId,
+    /// W and pw.
+    pub quorum: Quorum,
+    /// How long one replica may take before a fallback replaces it.
+    pub replica_timeout_ms: u64,
+    /// How long the client waits for the quorum.
+    pub timeout_ms: u64,
+}
+
+impl PutPlan {
+    /// The primary the coordinator's own copy stands in for: `None` when the
+    /// coordinator is a primary, else the first primary believed down (or
+    /// the first primary). The driver stores its local copy as a hint for it.
+    pub fn local_hint_for(&self) -> Option<NodeId> {
+        if self.primaries.contains(&self.coordinator) {
+            return None;
+        }
+        self.primaries
+            .iter()
+            .copied()
+            .find(|p| self.down.contains(p))
+            .or_else(|| self.primaries.first().copied())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Pending {
+        sent_ms: u64,
+    },
+    /// Did not answer in time and was replaced; a late ack still counts,
+    /// since it means the copy is durable there.
+    Late,
+    Acked,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Copy {
+    send: Send,
+    state: State,
+}
+
+/// The state of one put at its coordinator.
+#[derive(Debug)]
+pub struct PutRound {
+    tally: Tally,
+    deadline_ms: u64,
+    replica_timeout_ms: u64,
+    /// Fallbacks not yet used, in order.
+    fallbacks: std::collections::VecDeque<NodeId>,
+    copies: Vec<Copy>,
+    outcome: Option<Result<(), QuorumError>>,
+    outcome_taken: bool,
+}
+
+impl PutRound {
+    /// Starts the round after the coordinator's local write succeeded.
+    /// Returns the copies to send now.
+    pub fn start(plan: &PutPlan, now_ms: u64) -> (PutRound, Vec<Send>) {
+        assert!(plan.quorum.total >= 1, "W must be at least 1");
+        let local_hint_for = plan.local_hint_for();
+        let mut round = PutRound {
+            tally: Tally::new(plan.quorum),
+            deadline_ms: now_ms.saturating_add(plan.timeout_ms),
+            replica_timeout_ms: plan.replica_timeout_ms,
+            fallbacks: plan
+                .fallbacks
+                .iter()
+                .copied()
+                .filter(|f| *f != plan.coordinator && !plan.down.contains(f) && !plan.primaries.contains(f))
+                .collect(),
+            copies: Vec::with_capacity(plan.primaries.len() + 1),
+            outcome: None,
+            outcome_taken: false,
+        };
+        round.tally.count(local_hint_for.is_none());
+        let mut sends = Vec::new();
+        for &primary in &plan.primaries {
+            if primary == plan.coordinator || Some(primary) == local_hint_for {
+                continue;
+            }
+            let send = if plan.down.contains(&primary) {
+                round.next_fallback(primary)
+            } else {
+                Some(Send {
+                    to: primary,
+                    hint_for: None,
+                })
+            };
+            if let Some(send) = send {
+                round.copies.push(Copy {
+                    send,
+                    state: State::Pending { sent_ms: now_ms },
+                });
+                sends.push(send);
+            }
+        }
+        round.decide(now_ms);
+        (round, sends)
+    }
+
+    fn next_fallback(&mut self, primary: NodeId) -> Option<Send> {
+        self.fallbacks.pop_front().map(|to| Send {
+            to,
+            hint_for: Some(primary),
+        })
+    }
+
+    /// A replica answered: `ok` if it stored the copy durably.
+    pub fn handle_reply(&mut self, from: NodeId, ok: bool, now_ms: u64) -> Vec<Send> {
+        let Some(i) = self.copies.iter().position(|c| c.send.to == from) else {
+            return Vec::new(); // Not ours: a stale or duplicated reply.
+        };
+        let copy = self.copies[i];
+        let mut sends = Vec::new();
+        match (copy.state, ok) {
+            (State::Pending { .. } | State::Late, true) => {
+                self.copies[i].state = State::Acked;
+                self.tally.count(copy.send.hint_for.is_none());
+            }
+            (State::Pending { .. }, false) => {
+                self.copies[i].state = State::Failed;
+                sends.extend(self.replace(copy.send, now_ms));
+            }
+            // A duplicate, or a refusal after we already moved on.
+            _ => {}
+        }
+        self.decide(now_ms);
+        sends
+    }
+
+    /// A replica is known unreachable (its connection failed): the same as
+    /// a refusal.
+    pub fn handle_unreachable(&mut self, node: NodeId, now_ms: u64) -> Vec<Send> {
+        self.handle_reply(node, false, now_ms)
+    }
+
+    /// Advances time: copies past `replica_timeout_ms` are replaced.
+    pub fn handle_tick(&mut self, now_ms: u64) -> Vec<Send> {
+        let mut sends = Vec::new();
+        for i in 0..self.copies.len() {
+            if let State::Pending { sent_ms } = self.copies[i].state {
+                if now_ms >= sent_ms.saturating_add(self.replica_timeout_ms) {
+                    self.copies[i].state = State::Late;
+                    let send = self.copies[i].send;
+                    sends.extend(self.replace(send, now_ms));
+                }
+            }
+        }
+        self.decide(now_ms);
+        sends
+    }
+
+    /// The copy that failed stood in for a primary; a fallback takes over.
+    fn replace(&mut self, failed: Send, now_ms: u64) -> Option<Send> {
+        let primary = failed.hint_for.unwrap_or(failed.to);
+        let send = self.next_fallback(primary)?;
+        self.copies.push(Copy {
+            send,
+            state: State::Pending { sent_ms: now_ms },
+        });
+        Some(send)
+    }
+
+    fn pending(&self) -> (usize, usize) {
+        let mut all = 0;
+        let mut primaries = 0;
+        for c in &self.copies {
+            if matches!(c.state, State::Pending { .. }) {
+                all += 1;
+                primaries += usize::from(c.send.hint_for.is_none());
+            }
+        }
+        (all, primaries)
+    }
+
+    fn decide(&mut self, now_ms: u64) {
+        if self.outcome.is_some() {
+            return;
+        }
+        let (pending, pending_primaries) = self.pending();
+        if self.tally.met() {
+            self.outcome = Some(Ok(()));
+        } else if now_ms >= self.deadline_ms {
+            self.outcome = Some(Err(self.tally.timeout()));
+        } else if pending == 0 && self.tally.lost(0, pending_primaries) {
+            self.outcome = Some(Err(self.tally.unavailable()));
+        }
+    }
+
+    /// The answer for the client, once, when it is known.
+    pub fn poll_outcome(&mut self) -> Option<Result<(), QuorumError>> {
+        if self.outcome_taken {
+            return None;
+        }
+        let outcome = self.outcome.clone()?;
+        self.outcome_taken = true;
+        Some(outcome)
+    }
+
+    /// True when the round has nothing left to wait for.
+    pub fn is_finished(&self, now_ms: u64) -> bool {
+        self.outcome.is_some() && (self.pending().0 == 0 || now_ms >= self.deadline_ms)
+    }
+
+    /// When the driver should next call [`PutRound::handle_tick`].
+    pub fn next_timeout_ms(&self) -> u64 {
+        self.copies
+            .iter()
+            .filter_map(|c| match c.state {
+                State::Pending { sent_ms } => Some(sent_ms.saturating_add(self.replica_timeout_ms)),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(self.deadline_ms)
+            .min(self.deadline_ms)
+    }
+
+    /// Copies placed on fallbacks with hints so far.
+    pub fn hinted(&self) -> usize {
+        self.copies
+            .iter()
+            .filter(|c| c.send.hint_for.is_some() && c.state == State::Acked)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(down: &[u64]) -> PutPlan {
+        PutPlan {
+            primaries: vec![NodeId(1), NodeId(2), NodeId(3)],
+            fallbacks: vec![NodeId(4), NodeId(5)],
+            down: down.iter().map(|d| NodeId(*d)).collect(),
+            coordinator: NodeId(1),
+            quorum: Quorum { total: 2, primaries: 0 },
+            replica_timeout_ms: 100,
+            timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn answers_after_w_acks_including_its_own() {
+        let (mut round, sends) = PutRound::start(&plan(&[]), 0);
+        assert_eq!(sends.len(), 2);
+        assert!(sends.iter().all(|s| s.hint_for.is_none()));
+        assert_eq!(round.poll_outcome(), None);
+        round.handle_reply(NodeId(2), true, 5);
+        assert_eq!(round.poll_outcome(), Some(Ok(())));
+        assert_eq!(round.poll_outcome(), None, "the outcome is given once");
+        assert!(!round.is_finished(5), "node 3 is still owed its copy");
+        round.handle_reply(NodeId(3), true, 6);
+        assert!(round.is_finished(6));
+    }
+
+    #[test]
+    fn a_down_primary_is_replaced_by_a_fallback_with_a_hint() {
+        let (mut round, sends) = PutRound::start(&plan(&[2]), 0);
+        assert_eq!(
+            sends,
+            vec![
+                Send {
+                    to: NodeId(4),
+                    hint_for: Some(NodeId(2))
+                },
+                Send {
+                    to: NodeId(3),
+                    hint_for: None
+                },
+            ]
+        );
+        round.handle_reply(NodeId(4), true, 1);
+        assert_eq!(round.poll_outcome(), Some(Ok(())));
+        assert_eq!(round.hinted(), 1);
+    }
+
+    #[test]
+    fn a_silent_primary_times_out_to_a_fallback_and_a_refusal_to_the_next() {
+        let (mut round, _) = PutRound::start(&plan(&[]), 0);
+        assert_eq!(round.next_timeout_ms(), 100);
+        let sends = round.handle_tick(100);
+        assert_eq!(
+            sends,
+            vec![
+                Send {
+                    to: NodeId(4),
+                    hint_for: Some(NodeId(2))
+                },
+                Send {
+                    to: NodeId(5),
+                    hint_for: Some(NodeId(3))
+                },
+            ]
+        );
+        let sends = round.handle_reply(NodeId(4), false, 101);
+        assert!(sends.is_empty(), "no fallback is left");
+        round.handle_reply(NodeId(5), true, 102);
+        assert_eq!(round.poll_outcome(), Some(Ok(())));
+    }
+
+    #[test]
+    fn pw_counts_only_primaries_and_fails_when_they_cannot_answer() {
+        let mut p = plan(&[2, 3]);
+        p.quorum = Quorum { total: 2, primaries: 2 };
+        let (mut round, sends) = PutRound::start(&p, 0);
+        assert!(sends.iter().all(|s| s.hint_for.is_some()));
+        round.handle_reply(NodeId(4), true, 1);
+        round.handle_reply(NodeId(5), true, 1);
+        let outcome = round.poll_outcome().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                outcome,
+                QuorumError::Unavailable {
+                    primaries: 1,
+                    primaries_needed: 2,
+                    ..
+                }
+            ),
+            "{outcome}"
+        );
+    }
+
+    #[test]
+    fn the_deadline_gives_a_timeout() {
+        let (mut round, _) = PutRound::start(&plan(&[4, 5]), 0);
+        round.handle_tick(1000);
+        let err = round.poll_outcome().unwrap().unwrap_err();
+        assert!(matches!(err, QuorumError::Timeout { got: 1, needed: 2, .. }), "{err}");
+        assert!(round.is_finished(1000));
+    }
+}

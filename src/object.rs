@@ -1,0 +1,216 @@
+//! The canonical byte encodings of a stored object (a [`Clock`]) and of a
+//! client context (a [`VersionVector`]). Both are specified in
+//! `docs/wire-format.md` ("Objects and contexts").
+//!
+//! The engine stores the object encoding as a key's value, replicas exchange
+//! it, and Merkle trees hash it; since a clock has one canonical form, equal
+//! knowledge gives equal bytes. Decoding checks every length against what
+//! remains and rejects anything not canonical, so a corrupt or hostile
+//! object is an error, never a panic or an allocation sized by the input.
+
+use dynkv_ring::NodeId;
+
+use crate::version::{Clock, Sibling, VersionVector};
+
+/// Format byte leading every object and context.
+const FORMAT_V1: u8 = 1;
+/// Sibling flag: a tombstone.
+const FLAG_TOMBSTONE: u8 = 1;
+/// Most entries (nodes) any clock or context may hold on the wire or disk.
+pub const CLOCK_NODES_MAX: usize = 1024;
+/// Most siblings an object may hold on the wire or disk. Writes are limited
+/// far lower ([`crate::version::VersionLimits`]); replicas merging
+/// concurrent writes may go past that limit, never past this one.
+pub const OBJECT_SIBLINGS_MAX: usize = 4096;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectError {
+    #[error("{what} is truncated")]
+    Truncated { what: &'static str },
+    #[error("{what} has unknown format {format}")]
+    UnknownFormat { what: &'static str, format: u8 },
+    #[error("{what} has {count} entries (limit {limit})")]
+    TooLarge {
+        what: &'static str,
+        count: usize,
+        limit: usize,
+    },
+    #[error("{what} has {trailing} trailing bytes")]
+    Trailing { what: &'static str, trailing: usize },
+    #[error("{what} is not canonical: {reason}")]
+    NotCanonical { what: &'static str, reason: &'static str },
+    #[error("sibling has unknown flags {0:#04x}")]
+    BadFlags(u8),
+}
+
+/// Appends the encoding of `clock` to `out`:
+/// `format u8 | nodes u16 | (node u64 | counter u64 | values u16 |
+/// (timestamp_ms u64 | flags u8 | len u32 | bytes)*)*`.
+pub fn encode_object(clock: &Clock, out: &mut Vec<u8>) {
+    clock.check();
+    out.push(FORMAT_V1);
+    let nodes = u16::try_from(clock.node_count()).expect("clocks name at most CLOCK_NODES_MAX nodes");
+    out.extend_from_slice(&nodes.to_le_bytes());
+    for (node, counter, values) in clock.parts() {
+        out.extend_from_slice(&node.0.to_le_bytes());
+        out.extend_from_slice(&counter.to_le_bytes());
+        let count = u16::try_from(values.len()).expect("entries hold at most OBJECT_SIBLINGS_MAX values");
+        out.extend_from_slice(&count.to_le_bytes());
+        for s in values {
+            out.extend_from_slice(&s.timestamp_ms.to_le_bytes());
+            out.push(if s.is_tombstone() { FLAG_TOMBSTONE } else { 0 });
+            let bytes = s.value.as_deref().unwrap_or(&[]);
+            let len = u32::try_from(bytes.len()).expect("values are bounded far below 4 GiB");
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// The encoding of `clock` as a new buffer.
+pub fn object_bytes(clock: &Clock) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_object(clock, &mut out);
+    out
+}
+
+/// Parses an object, checking it is canonical.
+pub fn decode_object(mut bytes: &[u8]) -> Result<Clock, ObjectError> {
+    const WHAT: &str = "object";
+    let r = &mut bytes;
+    let format = take::<1>(r, WHAT)?[0];
+    if format != FORMAT_V1 {
+        return Err(ObjectError::UnknownFormat { what: WHAT, format });
+    }
+    let nodes = usize::from(u16::from_le_bytes(take(r, WHAT)?));
+    if nodes > CLOCK_NODES_MAX {
+        return Err(ObjectError::TooLarge {
+            what: WHAT,
+            count: nodes,
+            limit: CLOCK_NODES_MAX,
+        });
+    }
+    let mut parts = Vec::with_capacity(nodes);
+    let mut siblings_total = 0usize;
+    for _ in 0..nodes {
+        let node = NodeId(u64::from_le_bytes(take(r, WHAT)?));
+        let counter = u64::from_le_bytes(take(r, WHAT)?);
+        let count = usize::from(u16::from_le_bytes(take(r, WHAT)?));
+        siblings_total += count;
+        if siblings_total > OBJECT_SIBLINGS_MAX {
+            return Err(ObjectError::TooLarge {
+                what: "object's sibling list",
+                count: siblings_total,
+                limit: OBJECT_SIBLINGS_MAX,
+            });
+        }
+        let mut values = Vec::with_capacity(count.min(r.len() / 13));
+        for _ in 0..count {
+            let timestamp_ms = u64::from_le_bytes(take(r, WHAT)?);
+            let flags = take::<1>(r, WHAT)?[0];
+            if flags & !FLAG_TOMBSTONE != 0 {
+                return Err(ObjectError::BadFlags(flags));
+            }
+            let len = u32::from_le_bytes(take(r, WHAT)?) as usize;
+            if r.len() < len {
+                return Err(ObjectError::Truncated { what: WHAT });
+            }
+            let (value, rest) = r.split_at(len);
+            *r = rest;
+            let value = if flags & FLAG_TOMBSTONE != 0 {
+                if !value.is_empty() {
+                    return Err(ObjectError::NotCanonical {
+                        what: WHAT,
+                        reason: "a tombstone carries bytes",
+                    });
+                }
+                None
+            } else {
+                Some(value.to_vec())
+            };
+            values.push(Sibling { timestamp_ms, value });
+        }
+        parts.push((node, counter, values));
+    }
+    if !r.is_empty() {
+        return Err(ObjectError::Trailing {
+            what: WHAT,
+            trailing: r.len(),
+        });
+    }
+    Clock::from_parts(parts).map_err(|reason| ObjectError::NotCanonical { what: WHAT, reason })
+}
+
+/// Appends the encoding of a context: `format u8 | nodes u16 | (node u64 |
+/// counter u64)*`, nodes strictly ascending, counters positive.
+pub fn encode_context(context: &VersionVector, out: &mut Vec<u8>) {
+    out.push(FORMAT_V1);
+    let nodes = u16::try_from(context.entries().len()).expect("contexts name at most CLOCK_NODES_MAX nodes");
+    out.extend_from_slice(&nodes.to_le_bytes());
+    for (node, counter) in context.entries() {
+        out.extend_from_slice(&node.0.to_le_bytes());
+        out.extend_from_slice(&counter.to_le_bytes());
+    }
+}
+
+/// The encoding of `context` as a new buffer.
+pub fn context_bytes(context: &VersionVector) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + 16 * context.entries().len());
+    encode_context(context, &mut out);
+    out
+}
+
+/// Parses a context a client sent back. An empty slice means "no context"
+/// (a blind write) and gives `None`.
+pub fn decode_context(mut bytes: &[u8]) -> Result<Option<VersionVector>, ObjectError> {
+    const WHAT: &str = "context";
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let r = &mut bytes;
+    let format = take::<1>(r, WHAT)?[0];
+    if format != FORMAT_V1 {
+        return Err(ObjectError::UnknownFormat { what: WHAT, format });
+    }
+    let nodes = usize::from(u16::from_le_bytes(take(r, WHAT)?));
+    if nodes > CLOCK_NODES_MAX {
+        return Err(ObjectError::TooLarge {
+            what: WHAT,
+            count: nodes,
+            limit: CLOCK_NODES_MAX,
+        });
+    }
+    if r.len() != nodes * 16 {
+        return Err(if r.len() < nodes * 16 {
+            ObjectError::Truncated { what: WHAT }
+        } else {
+            ObjectError::Trailing {
+                what: WHAT,
+                trailing: r.len() - nodes * 16,
+            }
+        });
+    }
+    let mut pairs = Vec::with_capacity(nodes);
+    for _ in 0..nodes {
+        let node = NodeId(u64::from_le_bytes(take(r, WHAT)?));
+        let counter = u64::from_le_bytes(take(r, WHAT)?);
+        if counter == 0 || pairs.last().is_some_and(|(last, _)| *last >= node) {
+            return Err(ObjectError::NotCanonical {
+                what: WHAT,
+                reason: "nodes must ascend strictly with positive counters",
+            });
+        }
+        pairs.push((node, counter));
+    }
+    Ok(Some(VersionVector::from_pairs(pairs)))
+}
+
+/// Splits `N` bytes off the front of `bytes`.
+fn take<const N: usize>(bytes: &mut &[u8], what: &'static str) -> Result<[u8; N], ObjectError> {
+    if bytes.len() < N {
+        return Err(ObjectError::Truncated { what });
+    }
+    let (head, rest) = bytes.split_at(N);
+    *bytes = rest;
+    Ok(head.try_into().expect("split at N"))
+}
