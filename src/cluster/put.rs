@@ -2,7 +2,15 @@
 //! other replicas and decide once W of them (pw of them primaries) hold it.
 //!
 //! The coordinator has already made the version and stored it locally when
-//! the round starts; that copy counts as the first ack. A primary that is
+//! the round starts; that copy counts as the first ack.
+//!
+//! Only a primary coordinates. A version's new dot `(node, counter)` is
+//! only unique if the node still holds every dot it made for the key;
+//! a primary keeps them in its store, but a fallback hands its copy off and
+//! deletes it, and would later reuse a dot, making replicas that saw the old
+//! one drop the new write (the bug Riak tracked as kv679). So a write whose
+//! primaries are all unreachable fails rather than coordinating elsewhere;
+//! any one reachable primary keeps the key writable. A primary that is
 //! known to be down, refuses, or does not answer within
 //! `replica_timeout_ms` is replaced by the next unused fallback, which gets
 //! the same version with a hint naming that primary (sloppy quorum). The
@@ -22,7 +30,8 @@ pub struct PutPlan {
     pub fallbacks: Vec<NodeId>,
     /// Nodes believed down now; their copies go straight to fallbacks.
     pub down: Vec<NodeId>,
-    /// The node running the round; it already holds the version.
+    /// The node running the round: a primary, which already holds the
+    /// version.
     pub coordinator: NodeId,
     /// W and pw.
     pub quorum: Quorum,
@@ -30,22 +39,6 @@ pub struct PutPlan {
     pub replica_timeout_ms: u64,
     /// How long the client waits for the quorum.
     pub timeout_ms: u64,
-}
-
-impl PutPlan {
-    /// The primary the coordinator's own copy stands in for: `None` when the
-    /// coordinator is a primary, else the first primary believed down (or
-    /// the first primary). The driver stores its local copy as a hint for it.
-    pub fn local_hint_for(&self) -> Option<NodeId> {
-        if self.primaries.contains(&self.coordinator) {
-            return None;
-        }
-        self.primaries
-            .iter()
-            .copied()
-            .find(|p| self.down.contains(p))
-            .or_else(|| self.primaries.first().copied())
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +77,11 @@ impl PutRound {
     /// Returns the copies to send now.
     pub fn start(plan: &PutPlan, now_ms: u64) -> (PutRound, Vec<Send>) {
         assert!(plan.quorum.total >= 1, "W must be at least 1");
-        let local_hint_for = plan.local_hint_for();
+        assert!(
+            plan.primaries.contains(&plan.coordinator),
+            "coordinator {} is not a primary; only a primary may make versions",
+            plan.coordinator
+        );
         let mut round = PutRound {
             tally: Tally::new(plan.quorum),
             deadline_ms: now_ms.saturating_add(plan.timeout_ms),
@@ -99,10 +96,10 @@ impl PutRound {
             outcome: None,
             outcome_taken: false,
         };
-        round.tally.count(local_hint_for.is_none());
+        round.tally.count(true);
         let mut sends = Vec::new();
         for &primary in &plan.primaries {
-            if primary == plan.coordinator || Some(primary) == local_hint_for {
+            if primary == plan.coordinator {
                 continue;
             }
             let send = if plan.down.contains(&primary) {
