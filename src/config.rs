@@ -32,6 +32,36 @@ pub(crate) struct ServeConfig {
     pub(crate) inflight_per_connection_max: usize,
     /// Open connections per shard; more are accepted and closed at once.
     pub(crate) connections_per_shard_max: usize,
+    /// This node's permanent id; 0 means the one stored in the data
+    /// directory (created at random on first start).
+    pub(crate) node_id: u64,
+    /// Internode addresses (`host:port` of shard 0) of the other nodes.
+    /// Every node of a cluster lists the others; membership is exchanged
+    /// with them at start and kept in the data directory.
+    pub(crate) peers: Vec<String>,
+    /// Shared secret that internode connections prove they know (HMAC over
+    /// fresh nonces). Required when `peers` is set; the environment variable
+    /// `DYNKV_CLUSTER_SECRET` may supply it instead.
+    pub(crate) cluster_secret: String,
+    /// Replicas per key (N), and the default read and write quorums.
+    pub(crate) n: usize,
+    pub(crate) r: usize,
+    pub(crate) w: usize,
+    /// How long one replica may take before a fallback replaces it.
+    pub(crate) replica_timeout_ms: u64,
+    /// How long a request waits for its quorum unless the client says.
+    pub(crate) request_timeout_ms: u64,
+    /// Most siblings a write may leave.
+    pub(crate) siblings_max: usize,
+    /// Hints one shard keeps for unreachable replicas; past it new hints are
+    /// refused (and counted).
+    pub(crate) hints_max_mib: u64,
+    /// Hints older than this are dropped (and counted); anti-entropy
+    /// repairs what they carried.
+    pub(crate) hint_age_max_ms: u64,
+    /// Pause between handoff passes, and hints delivered per second at most.
+    pub(crate) handoff_interval_ms: u64,
+    pub(crate) handoff_per_second_max: u64,
 }
 
 impl Default for ServeConfig {
@@ -50,6 +80,19 @@ impl Default for ServeConfig {
             value_max_bytes: 1 << 20,
             inflight_per_connection_max: 1024,
             connections_per_shard_max: 10_000,
+            node_id: 0,
+            peers: Vec::new(),
+            cluster_secret: String::new(),
+            n: 3,
+            r: 2,
+            w: 2,
+            replica_timeout_ms: 1_000,
+            request_timeout_ms: 5_000,
+            siblings_max: 32,
+            hints_max_mib: 1024,
+            hint_age_max_ms: 3 * 3600 * 1000,
+            handoff_interval_ms: 1_000,
+            handoff_per_second_max: 5_000,
         }
     }
 }
@@ -93,6 +136,24 @@ pub(crate) struct ServeArgs {
     /// Largest value in bytes [default: 1048576].
     #[arg(long)]
     value_max_bytes: Option<usize>,
+    /// This node's id [default: stored in the data directory].
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Other nodes' internode addresses, comma-separated (host:port).
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// Cluster secret for internode authentication [env: DYNKV_CLUSTER_SECRET].
+    #[arg(long)]
+    cluster_secret: Option<String>,
+    /// Replicas per key [default: 3].
+    #[arg(long)]
+    n: Option<usize>,
+    /// Default read quorum [default: 2].
+    #[arg(long)]
+    r: Option<usize>,
+    /// Default write quorum [default: 2].
+    #[arg(long)]
+    w: Option<usize>,
 }
 
 impl ServeArgs {
@@ -116,8 +177,17 @@ impl ServeArgs {
             sync,
             cache_mib,
             key_max_bytes,
-            value_max_bytes
+            value_max_bytes,
+            node_id,
+            peers,
+            cluster_secret,
+            n,
+            r,
+            w
         );
+        if config.cluster_secret.is_empty() {
+            config.cluster_secret = std::env::var("DYNKV_CLUSTER_SECRET").unwrap_or_default();
+        }
         if config.shards == 0 {
             config.shards = std::thread::available_parallelism().map_or(1, |n| n.get());
         }
@@ -146,6 +216,29 @@ impl ServeConfig {
         if self.inflight_per_connection_max == 0 || self.connections_per_shard_max == 0 {
             return Err("inflight_per_connection_max and connections_per_shard_max must be positive".into());
         }
+        if !(1..=dynkv_ring::REPLICAS_MAX).contains(&self.n) {
+            return Err(format!(
+                "n = {} must be between 1 and {}",
+                self.n,
+                dynkv_ring::REPLICAS_MAX
+            ));
+        }
+        if self.r == 0 || self.w == 0 || self.r > self.n || self.w > self.n {
+            return Err(format!(
+                "r = {} and w = {} must be between 1 and n = {}",
+                self.r, self.w, self.n
+            ));
+        }
+        if !self.peers.is_empty() && self.cluster_secret.len() < 16 {
+            return Err(
+                "a cluster (peers set) needs cluster_secret (or DYNKV_CLUSTER_SECRET) of at least 16 bytes, \
+                        the same on every node"
+                    .into(),
+            );
+        }
+        if self.replica_timeout_ms == 0 || self.request_timeout_ms == 0 || self.siblings_max == 0 {
+            return Err("replica_timeout_ms, request_timeout_ms and siblings_max must be positive".into());
+        }
         self.engine_config(0).validate().map_err(|e| e.to_string())
     }
 
@@ -155,7 +248,24 @@ impl ServeConfig {
         engine.sync = SyncMode::parse(&self.sync).unwrap_or(SyncMode::Always);
         engine.cache_capacity_bytes = self.cache_mib << 20;
         engine.key_len_max_bytes = self.key_max_bytes;
-        engine.value_len_max_bytes = self.value_max_bytes;
+        engine.value_len_max_bytes = self.object_max_bytes();
+        engine
+    }
+
+    /// Largest stored object: a value with its version, or several
+    /// siblings. Writes that would pass it fail with "value too large".
+    pub(crate) fn object_max_bytes(&self) -> usize {
+        self.value_max_bytes
+            .saturating_mul(4)
+            .saturating_add(64 << 10)
+            .min(dynkv_engine::VALUE_LEN_CEILING_BYTES)
+    }
+
+    /// The engine configuration of shard `shard`'s hint store.
+    pub(crate) fn hint_engine_config(&self, shard: usize) -> dynkv_engine::EngineConfig {
+        let mut engine = self.engine_config(shard);
+        engine.dir = self.data_dir.join(format!("hints-{shard}"));
+        engine.cache_capacity_bytes = 1 << 20;
         engine
     }
 }

@@ -189,6 +189,17 @@ impl Clock {
         self.siblings().all(Sibling::is_tombstone)
     }
 
+    /// The rule RESP uses to reduce siblings to one value, since Redis
+    /// clients cannot handle several: the sibling with the latest
+    /// coordinator timestamp, ties broken by the larger dot (node id, then
+    /// counter). If a tombstone wins, the key reads as absent. Every replica
+    /// applies the same rule to the same siblings, so all agree.
+    pub fn last_writer(&self) -> Option<&Sibling> {
+        self.dotted_siblings()
+            .max_by_key(|(node, counter, s)| (s.timestamp_ms, *node, *counter))
+            .map(|(_, _, s)| s)
+    }
+
     /// True if this clock has seen every write `other` has.
     pub fn descends(&self, other: &Clock) -> bool {
         self.context().descends(&other.context())
@@ -435,6 +446,26 @@ mod tests {
         let err = clock.update(None, A, s("x"), limits).unwrap_err();
         assert_eq!(err, VersionError::TooManySiblings { siblings: 4, limit: 3 });
         assert!(err.to_string().contains("context"));
+    }
+
+    #[test]
+    fn last_writer_takes_the_latest_timestamp_then_the_larger_dot() {
+        let limits = VersionLimits::default();
+        let at = |ts: u64, v: Option<&str>| Sibling {
+            timestamp_ms: ts,
+            value: v.map(|v| v.as_bytes().to_vec()),
+        };
+        let a = Clock::new().update(None, A, at(5, Some("a")), limits).unwrap();
+        let b = Clock::new().update(None, B, at(5, Some("b")), limits).unwrap();
+        let merged = a.sync(&b);
+        assert_eq!(
+            merged.last_writer().unwrap().value.as_deref(),
+            Some(&b"b"[..]),
+            "tie: larger node"
+        );
+        let deleted = merged.sync(&Clock::new().update(None, A, at(9, None), limits).unwrap());
+        assert!(deleted.last_writer().unwrap().is_tombstone());
+        assert_eq!(Clock::new().last_writer(), None);
     }
 
     #[test]

@@ -25,7 +25,8 @@ fn ports_free(ports: &[u16]) -> bool {
         .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
-/// Picks a free block of ports: SHARDS native ports, RESP, metrics. Each
+/// Picks a free block of ports: SHARDS native ports, RESP, metrics, SHARDS
+/// internode ports. Each
 /// call in this process gets a distinct block (tests run in parallel, and
 /// glommio listeners use SO_REUSEPORT, so two nodes on one port would
 /// silently share connections).
@@ -38,7 +39,7 @@ fn free_ports() -> (u16, u16, u16) {
     for _ in 0..200 {
         let block = (start + NEXT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 3000;
         let base = 20_000 + (block * 10) as u16;
-        let ports: Vec<u16> = (base..base + SHARDS + 2).collect();
+        let ports: Vec<u16> = (base..base + 2 * SHARDS + 2).collect();
         if ports_free(&ports) {
             return (base, base + SHARDS, base + SHARDS + 1);
         }
@@ -66,6 +67,7 @@ impl Node {
                     &resp_port.to_string(),
                 ])
                 .args(["--metrics-port", &metrics_port.to_string()])
+                .args(["--internode-base-port", &(metrics_port + 1).to_string()])
                 .args(extra)
                 .stdout(Stdio::null())
                 .stderr(log)

@@ -220,6 +220,15 @@ impl Inner {
     }
 }
 
+/// A write that is visible but maybe not yet durable; see
+/// [`Engine::put_staged`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a staged write is acknowledged only after wait_staged"]
+pub struct Staged {
+    pub seq: u64,
+    lsn: u64,
+}
+
 /// One shard's durable key-value store. Create it inside the shard's glommio
 /// executor; share it within the shard through `Rc<Engine>`.
 pub struct Engine {
@@ -251,6 +260,13 @@ impl Engine {
     }
 
     async fn write(&self, partition: u32, flags: u8, key: &[u8], value: &[u8]) -> Result<u64> {
+        let staged = self.stage(partition, flags, key, value).await?;
+        self.wait_staged(staged).await
+    }
+
+    /// Appends a record and makes it visible to gets, without waiting for
+    /// durability.
+    async fn stage(&self, partition: u32, flags: u8, key: &[u8], value: &[u8]) -> Result<Staged> {
         self.check_limits(key, value)?;
         let sum = record::body_checksum(flags, key, value);
         let key_len = u16::try_from(key.len()).expect("key length is bounded by key_len_max_bytes");
@@ -273,10 +289,26 @@ impl Engine {
             header.seq
         };
         let (at, seq) = self.inner.append_with(make_header, key, value, install).await?;
+        Ok(Staged { seq, lsn: at.lsn })
+    }
+
+    /// Like [`Engine::put`] in two steps: this returns as soon as the value
+    /// is visible to gets, and [`Engine::wait_staged`] then waits until it
+    /// is as durable as the sync mode promises. A caller that serializes a
+    /// read-modify-write of one key can release the key after the first
+    /// step, since any later write lands later in the log and cannot become
+    /// durable before this one.
+    pub async fn put_staged(&self, partition: u32, key: &[u8], value: &[u8]) -> Result<Staged> {
+        self.stage(partition, 0, key, value).await
+    }
+
+    /// Waits until a staged write is as durable as the sync mode promises;
+    /// returns its sequence number.
+    pub async fn wait_staged(&self, staged: Staged) -> Result<u64> {
         if self.inner.config.sync == SyncMode::Always {
-            self.inner.wait_durable(at.lsn).await?;
+            self.inner.wait_durable(staged.lsn).await?;
         }
-        Ok(seq)
+        Ok(staged.seq)
     }
 
     /// Stores `value` under `key` in `partition`. Returns the write's

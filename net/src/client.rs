@@ -67,14 +67,19 @@ pub struct GetResult {
     pub context: Vec<u8>,
 }
 
-struct Response {
-    status: u8,
-    context: Vec<u8>,
-    value: Vec<u8>,
+/// A response frame's status and sections, copied out of the receive
+/// buffer.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u8,
+    pub context: Vec<u8>,
+    pub value: Vec<u8>,
 }
 
-/// One pipelined connection.
-struct Conn {
+/// One pipelined connection: requests are written as they come and matched
+/// to responses by request id. The shard-aware [`Client`] keeps one per
+/// shard; the server keeps one per peer shard for internode traffic.
+pub struct Connection {
     addr: SocketAddr,
     pending: RefCell<HashMap<u64, oneshot::Sender<Response>>>,
     next_id: Cell<u64>,
@@ -85,7 +90,7 @@ struct Conn {
     tasks: RefCell<Vec<JoinHandle<()>>>,
 }
 
-impl Drop for Conn {
+impl Drop for Connection {
     fn drop(&mut self) {
         for task in self.tasks.borrow_mut().drain(..) {
             task.cancel();
@@ -93,7 +98,7 @@ impl Drop for Conn {
     }
 }
 
-async fn read_loop(conn: Weak<Conn>, mut reader: ReadHalf<TcpStream>) {
+async fn read_loop(conn: Weak<Connection>, mut reader: ReadHalf<TcpStream>) {
     let mut buf = Vec::with_capacity(64 << 10);
     let mut chunk = vec![0u8; 64 << 10];
     'read: loop {
@@ -130,7 +135,11 @@ async fn read_loop(conn: Weak<Conn>, mut reader: ReadHalf<TcpStream>) {
     }
 }
 
-async fn write_loop(conn: Weak<Conn>, mut writer: WriteHalf<TcpStream>, doorbell: local_channel::LocalReceiver<()>) {
+async fn write_loop(
+    conn: Weak<Connection>,
+    mut writer: WriteHalf<TcpStream>,
+    doorbell: local_channel::LocalReceiver<()>,
+) {
     while doorbell.recv().await.is_some() {
         let Some(strong) = conn.upgrade() else { return };
         let out = std::mem::take(&mut *strong.outbox.borrow_mut());
@@ -148,8 +157,9 @@ async fn write_loop(conn: Weak<Conn>, mut writer: WriteHalf<TcpStream>, doorbell
     }
 }
 
-impl Conn {
-    async fn open(addr: SocketAddr, options: &ClientOptions) -> Result<Rc<Conn>, ClientError> {
+impl Connection {
+    /// Connects to `addr`.
+    pub async fn open(addr: SocketAddr, options: &ClientOptions) -> Result<Rc<Connection>, ClientError> {
         let stream = TcpStream::connect_timeout(addr, options.connect_timeout)
             .await
             .map_err(|e| ClientError::Connect {
@@ -157,9 +167,15 @@ impl Conn {
                 reason: e.to_string(),
             })?;
         let _ = stream.set_nodelay(true);
+        Ok(Connection::from_stream(stream, addr, options))
+    }
+
+    /// Pipelines requests over a stream that is already set up (say, after
+    /// an authentication handshake).
+    pub fn from_stream(stream: TcpStream, addr: SocketAddr, options: &ClientOptions) -> Rc<Connection> {
         let (reader, writer) = futures_lite::io::split(stream);
         let (doorbell, ring) = local_channel::new_bounded(1);
-        let conn = Rc::new(Conn {
+        let conn = Rc::new(Connection {
             addr,
             pending: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
@@ -172,10 +188,22 @@ impl Conn {
         let read = glommio::spawn_local(read_loop(Rc::downgrade(&conn), reader)).detach();
         let write = glommio::spawn_local(write_loop(Rc::downgrade(&conn), writer, ring)).detach();
         conn.tasks.borrow_mut().extend([read, write]);
-        Ok(conn)
+        conn
     }
 
-    async fn call(
+    /// True once the peer closed the connection or it failed; every later
+    /// call fails at once with [`ClientError::Disconnected`].
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends one request and waits up to `timeout` for its response. The
+    /// request id and timeout fields of `head` are filled in here.
+    pub async fn call(
         &self,
         mut head: Head,
         key: &[u8],
@@ -216,7 +244,7 @@ pub struct Client {
     options: ClientOptions,
     q: PartitionCount,
     shard_of: Vec<u16>,
-    conns: Vec<Rc<Conn>>,
+    conns: Vec<Rc<Connection>>,
 }
 
 fn server_error(response: &Response) -> ClientError {
@@ -255,7 +283,7 @@ fn parse_shard_map(bytes: &[u8]) -> Result<(PartitionCount, Vec<u16>, Vec<u16>),
 impl Client {
     /// Connects to the node whose shard 0 (or any shard) listens at `addr`.
     pub async fn connect(addr: SocketAddr, options: ClientOptions) -> Result<Client, ClientError> {
-        let first = Conn::open(addr, &options).await?;
+        let first = Connection::open(addr, &options).await?;
         let response = first
             .call(Head::request(Opcode::ShardMap, 0), &[], &[], &[], options.timeout)
             .await?;
@@ -269,7 +297,7 @@ impl Client {
             conns.push(if shard_addr == addr {
                 first.clone()
             } else {
-                Conn::open(shard_addr, &options).await?
+                Connection::open(shard_addr, &options).await?
             });
         }
         Ok(Client {
@@ -280,7 +308,7 @@ impl Client {
         })
     }
 
-    fn conn_for(&self, key: &[u8]) -> &Conn {
+    fn conn_for(&self, key: &[u8]) -> &Connection {
         let shard = self.shard_of[self.q.partition_of(key) as usize];
         &self.conns[usize::from(shard)]
     }

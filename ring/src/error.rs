@@ -24,6 +24,8 @@ pub enum RingError {
     NoNodes,
     #[error("{count} nodes exceed the limit of {max}", max = crate::claim::NODES_MAX)]
     TooManyNodes { count: usize },
+    #[error("malformed membership encoding: {0}")]
+    Malformed(&'static str),
     #[error("partition {partition} is out of range for a ring of {q} partitions")]
     PartitionOutOfRange { partition: u32, q: u32 },
 }

@@ -33,7 +33,7 @@ mod preference;
 
 pub use claim::{claim, ideal_load, Owner, PartitionTable, NODES_MAX, REPLICAS_MAX};
 pub use error::RingError;
-pub use membership::{Lifecycle, Liveness, Membership, NodeRecord};
+pub use membership::{Lifecycle, Liveness, Membership, NodeRecord, ADDRESS_MAX_BYTES};
 pub use node::{ClaimNode, NodeId, ZoneId, SHARDS_MAX, WEIGHT_MAX};
 pub use partition::{PartitionCount, PARTITIONS_DEFAULT, PARTITIONS_MAX};
 pub use phi::{PhiAccrual, PhiConfig};

@@ -15,8 +15,22 @@ use std::collections::BTreeMap;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::claim::NODES_MAX;
 use crate::error::RingError;
-use crate::node::{ClaimNode, NodeId, ZoneId};
+use crate::node::{ClaimNode, NodeId, ZoneId, SHARDS_MAX, WEIGHT_MAX};
+
+/// Longest internode address a record may carry.
+pub const ADDRESS_MAX_BYTES: usize = 256;
+
+/// Splits `N` bytes off the front of `bytes`.
+fn take<const N: usize>(bytes: &mut &[u8]) -> Result<[u8; N], RingError> {
+    if bytes.len() < N {
+        return Err(RingError::Malformed("truncated"));
+    }
+    let (head, rest) = bytes.split_at(N);
+    *bytes = rest;
+    Ok(head.try_into().expect("split at N"))
+}
 
 /// A node's lifecycle, in the order it moves through it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -86,6 +100,55 @@ impl NodeRecord {
         out.extend_from_slice(&self.weight.to_le_bytes());
         out.extend_from_slice(&self.zone.0.to_le_bytes());
         out
+    }
+
+    fn decode(r: &mut &[u8]) -> Result<NodeRecord, RingError> {
+        let id = NodeId(u64::from_le_bytes(take(r)?));
+        let incarnation = u64::from_le_bytes(take(r)?);
+        let lifecycle = match take::<1>(r)?[0] {
+            0 => Lifecycle::Joining,
+            1 => Lifecycle::Up,
+            2 => Lifecycle::Leaving,
+            3 => Lifecycle::Left,
+            _ => return Err(RingError::Malformed("unknown lifecycle")),
+        };
+        let liveness = match take::<1>(r)?[0] {
+            0 => Liveness::Alive,
+            1 => Liveness::Suspect,
+            2 => Liveness::Dead,
+            _ => return Err(RingError::Malformed("unknown liveness")),
+        };
+        let address_len = u32::from_le_bytes(take(r)?) as usize;
+        if address_len > ADDRESS_MAX_BYTES || r.len() < address_len {
+            return Err(RingError::Malformed("address too long or truncated"));
+        }
+        let (address, rest) = r.split_at(address_len);
+        let address = std::str::from_utf8(address)
+            .map_err(|_| RingError::Malformed("address is not UTF-8"))?
+            .to_owned();
+        *r = rest;
+        let shards = u32::from_le_bytes(take(r)?) as usize;
+        if shards == 0 || shards > usize::from(SHARDS_MAX) || r.len() < 2 * shards {
+            return Err(RingError::Malformed("shard count out of range or truncated"));
+        }
+        let shard_ports = (0..shards)
+            .map(|_| take(r).map(u16::from_le_bytes))
+            .collect::<Result<Vec<u16>, _>>()?;
+        let weight = u32::from_le_bytes(take(r)?);
+        if weight == 0 || weight > WEIGHT_MAX {
+            return Err(RingError::Weight { node: id, weight });
+        }
+        let zone = ZoneId(u32::from_le_bytes(take(r)?));
+        Ok(NodeRecord {
+            id,
+            incarnation,
+            lifecycle,
+            liveness,
+            address,
+            shard_ports,
+            weight,
+            zone,
+        })
     }
 
     /// The node as placement sees it.
@@ -181,6 +244,37 @@ impl Membership {
         record.incarnation += 1;
         record.liveness = Liveness::Alive;
         Some(record.incarnation)
+    }
+
+    /// The wire and disk encoding: `count u32 | record*`, records in node
+    /// order (see `docs/wire-format.md`).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.records.len() * 64);
+        out.extend_from_slice(&(self.records.len() as u32).to_le_bytes());
+        for record in self.records.values() {
+            out.extend_from_slice(&record.encode());
+        }
+        out
+    }
+
+    /// Parses [`Membership::encode`]'s output, checking every bound.
+    pub fn decode(mut bytes: &[u8]) -> Result<Membership, RingError> {
+        let r = &mut bytes;
+        let count = u32::from_le_bytes(take(r)?) as usize;
+        if count > NODES_MAX {
+            return Err(RingError::TooManyNodes { count });
+        }
+        let mut membership = Membership::default();
+        for _ in 0..count {
+            let record = NodeRecord::decode(r)?;
+            if membership.records.insert(record.id, record.clone()).is_some() {
+                return Err(RingError::DuplicateId { node: record.id });
+            }
+        }
+        if !r.is_empty() {
+            return Err(RingError::Malformed("trailing bytes"));
+        }
+        Ok(membership)
     }
 
     /// A compact fingerprint for "anything new?" gossip: equal states have

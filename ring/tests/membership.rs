@@ -38,6 +38,20 @@ fn merged(a: &Membership, b: &Membership) -> Membership {
 
 proptest! {
     #[test]
+    fn encoding_round_trips_and_truncation_is_an_error(a in membership_strategy()) {
+        let bytes = a.encode();
+        prop_assert_eq!(&Membership::decode(&bytes).unwrap(), &a);
+        for cut in 0..bytes.len() {
+            prop_assert!(Membership::decode(&bytes[..cut]).is_err(), "cut at {}", cut);
+        }
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Membership::decode(&bytes);
+    }
+
+    #[test]
     fn merge_is_commutative(a in membership_strategy(), b in membership_strategy()) {
         prop_assert_eq!(merged(&a, &b), merged(&b, &a), "a = {:?}\nb = {:?}", a, b);
     }

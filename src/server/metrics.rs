@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::server::shard::{Op, Outcome, Shard, ShardReport};
+use crate::server::shard::{Op, Outcome, Shard, ShardReport, OP_COUNT};
 
 /// Upper bounds of the request latency histogram buckets, in µs.
 const LATENCY_BUCKETS_US: [u64; 10] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000];
@@ -21,9 +21,10 @@ const HTTP_REQUEST_MAX_BYTES: usize = 8 << 10;
 
 #[derive(Default)]
 pub(crate) struct ShardCounters {
-    ops: [Cell<u64>; 4],
+    ops: [Cell<u64>; OP_COUNT],
     errors: Cell<u64>,
     pub(crate) forwarded: Cell<u64>,
+    pub(crate) read_repairs: Cell<u64>,
     latency: [Cell<u64>; LATENCY_BUCKETS_US.len() + 1],
     latency_sum_us: Cell<u64>,
 }
@@ -31,15 +32,27 @@ pub(crate) struct ShardCounters {
 /// A `Send` copy of a shard's counters.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CountersSnapshot {
-    pub(crate) ops: [u64; 4],
+    pub(crate) ops: [u64; OP_COUNT],
     pub(crate) errors: u64,
     pub(crate) forwarded: u64,
+    pub(crate) read_repairs: u64,
     pub(crate) latency: [u64; LATENCY_BUCKETS_US.len() + 1],
     pub(crate) latency_sum_us: u64,
     pub(crate) connections: usize,
 }
 
-const OP_NAMES: [&str; 4] = ["get", "put", "delete", "stats"];
+const OP_NAMES: [&str; OP_COUNT] = ["get", "put", "delete", "stats", "replica_get", "replica_put"];
+
+/// A `Send` copy of a shard's hint figures.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HintSnapshot {
+    pub(crate) pending: u64,
+    pub(crate) pending_bytes: u64,
+    pub(crate) stored: u64,
+    pub(crate) delivered: u64,
+    pub(crate) dropped_full: u64,
+    pub(crate) expired: u64,
+}
 
 impl ShardCounters {
     pub(crate) fn record(&self, op: Op, outcome: &Outcome, elapsed: Duration) {
@@ -62,12 +75,16 @@ impl ShardCounters {
             ops: std::array::from_fn(|i| self.ops[i].get()),
             errors: self.errors.get(),
             forwarded: self.forwarded.get(),
+            read_repairs: self.read_repairs.get(),
             latency: std::array::from_fn(|i| self.latency[i].get()),
             latency_sum_us: self.latency_sum_us.get(),
             connections,
         }
     }
 }
+
+/// Reads one hint figure.
+type HintGauge = fn(&HintSnapshot) -> u64;
 
 /// Reads one engine figure for a gauge.
 type EngineGauge = fn(&dynkv_engine::EngineStats) -> u64;
@@ -108,6 +125,57 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
         "Requests forwarded to the owning shard.",
         &mut reports.iter().map(|r| (shard(r), r.counters.forwarded)),
     );
+    metric(
+        &mut out,
+        "dynkv_read_repairs_total",
+        "counter",
+        "Replicas sent the merged version after a read found them behind.",
+        &mut reports.iter().map(|r| (shard(r), r.counters.read_repairs)),
+    );
+    let hints: [(&str, &str, &str, HintGauge); 6] = [
+        (
+            "dynkv_hints_pending",
+            "gauge",
+            "Hints held for unreachable replicas.",
+            |h| h.pending,
+        ),
+        ("dynkv_hints_pending_bytes", "gauge", "Bytes of hints held.", |h| {
+            h.pending_bytes
+        }),
+        (
+            "dynkv_hints_stored_total",
+            "counter",
+            "Hints stored (or merged into one held).",
+            |h| h.stored,
+        ),
+        (
+            "dynkv_hints_delivered_total",
+            "counter",
+            "Hints acknowledged by their primary and deleted.",
+            |h| h.delivered,
+        ),
+        (
+            "dynkv_hints_dropped_full_total",
+            "counter",
+            "Hints refused because the hint store was full.",
+            |h| h.dropped_full,
+        ),
+        (
+            "dynkv_hints_expired_total",
+            "counter",
+            "Hints dropped for age (hint_age_max_ms).",
+            |h| h.expired,
+        ),
+    ];
+    for (name, kind, help, get) in hints {
+        metric(
+            &mut out,
+            name,
+            kind,
+            help,
+            &mut reports.iter().map(|r| (shard(r), get(&r.hints))),
+        );
+    }
     metric(
         &mut out,
         "dynkv_connections",

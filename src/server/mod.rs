@@ -2,13 +2,22 @@
 //! native-protocol port, a share of the RESP port (SO_REUSEPORT), and
 //! channels to every other shard. Shard 0 also serves metrics.
 
+mod auth;
+mod coordinator;
+mod hints;
 mod host;
+mod identity;
+mod key_locks;
+mod link;
+mod members;
 pub(crate) mod metrics;
 mod native;
 mod recv;
+mod replica;
 mod resp;
 pub(crate) mod shard;
 pub(crate) mod shutdown;
+mod view;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,37 +27,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynkv_engine::Engine;
-use dynkv_ring::{claim, ClaimNode, NodeId, PartitionCount, ZoneId};
+use dynkv_ring::{NodeId, PartitionCount};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::ServeConfig;
-use shard::{Shard, ShardMsg};
+use shard::{Shard, ShardMsg, ShardParts};
+use view::ClusterView;
 
 /// Requests one shard may queue for another before the sender waits.
 const MESH_CHANNEL_CAPACITY: usize = 4096;
+/// Task-queue shares of background work (handoff) against 1000 for
+/// requests.
+const BACKGROUND_SHARES: usize = 50;
 /// How long shutdown waits for open connections to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Partition → shard for a one-node cluster, from the ring's claim (so the
-/// split is the same one a cluster would compute for this node).
-fn shard_map(shards: usize) -> Result<(PartitionCount, Vec<u16>), String> {
-    let shards_u16 = u16::try_from(shards).map_err(|_| format!("{shards} shards is too many"))?;
-    let node = ClaimNode {
-        id: NodeId(1),
-        weight: u32::from(shards_u16),
-        zone: ZoneId(0),
-        shards: shards_u16,
-    };
-    let q = PartitionCount::default();
-    let table = claim(None, &[node], q, 1).map_err(|e| e.to_string())?;
-    Ok((q, (0..q.get()).map(|p| table.owners(p)[0].shard).collect()))
-}
-
 /// Fails early, with the address, if a port is taken.
 fn preflight(config: &ServeConfig) -> Result<(), String> {
-    let mut ports: Vec<u16> = (0..config.shards as u16).map(|s| config.base_port + s).collect();
+    let mut ports: Vec<u16> = (0..config.shards as u16)
+        .flat_map(|s| [config.base_port + s, config.internode_base_port + s])
+        .collect();
     ports.extend([config.resp_port, config.metrics_port]);
     for port in ports {
         let addr = SocketAddr::new(config.listen, port);
@@ -63,14 +63,28 @@ pub(crate) fn run(config: ServeConfig) -> Result<(), String> {
     preflight(&config)?;
     let host = host::inspect(&config.data_dir, config.shards)?;
     println!("dynkv: {}", host.describe(config.shards));
-    let (q, shard_of) = shard_map(config.shards)?;
+    let me = identity::load_or_create(&config.data_dir, config.node_id)?;
+    let q = PartitionCount::default();
+    let members = members::Members::open(&config, me, q)?;
+    let view = Arc::new(members.view()?);
+    if let Some(table) = &view.table {
+        if table.replicas_short() > 0 {
+            println!(
+                "dynkv: n = {} but the cluster has {} node(s): each key is kept {} time(s) until more join",
+                config.n,
+                view.membership.records().count(),
+                table.replicas()
+            );
+        }
+    }
+    let mut members = Some(members);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mesh: MeshBuilder<ShardMsg, _> = MeshBuilder::full(config.shards, MESH_CHANNEL_CAPACITY);
     let open_connections = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = (0..config.shards)
         .map(|id| {
-            let (config, shard_of, mesh, open) =
-                (config.clone(), shard_of.clone(), mesh.clone(), open_connections.clone());
+            let (config, view, mesh, open) = (config.clone(), view.clone(), mesh.clone(), open_connections.clone());
+            let members = if id == 0 { members.take() } else { None };
             let placement = if config.shards <= cores {
                 Placement::Fixed(id)
             } else {
@@ -79,7 +93,15 @@ pub(crate) fn run(config: ServeConfig) -> Result<(), String> {
             LocalExecutorBuilder::new(placement)
                 .name(&format!("dynkv-shard-{id}"))
                 .spawn(move || async move {
-                    let result = shard_main(id, config, q, shard_of, mesh, open).await;
+                    let boot = Boot {
+                        id,
+                        me,
+                        config,
+                        q,
+                        view,
+                        members,
+                    };
+                    let result = shard_main(boot, mesh, open).await;
                     if let Err(err) = &result {
                         eprintln!("dynkv: shard {id}: {err}");
                         shutdown::request();
@@ -106,22 +128,45 @@ pub(crate) fn run(config: ServeConfig) -> Result<(), String> {
     }
 }
 
-async fn shard_main(
+/// What a shard starts from.
+struct Boot {
     id: usize,
+    me: NodeId,
     config: ServeConfig,
     q: PartitionCount,
-    shard_of: Vec<u16>,
+    view: Arc<ClusterView>,
+    members: Option<members::Members>,
+}
+
+async fn shard_main(
+    boot: Boot,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     open: Arc<AtomicUsize>,
 ) -> Result<(), String> {
+    let Boot {
+        id,
+        me,
+        config,
+        q,
+        view,
+        members,
+    } = boot;
     let engine = Engine::open(config.engine_config(id))
         .await
         .map_err(|e| e.to_string())?;
+    let hint_engine = match Engine::open(config.hint_engine_config(id)).await {
+        Ok(engine) => engine,
+        Err(err) => {
+            let _ = engine.close().await;
+            return Err(format!("opening the hint store: {err}"));
+        }
+    };
     let bind = |port: u16| {
         let addr = SocketAddr::new(config.listen, port);
         TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
     };
     let native = bind(config.base_port + id as u16)?;
+    let internode = bind(config.internode_base_port + id as u16)?;
     let resp = bind(config.resp_port)?;
     let metrics = if id == 0 {
         Some(bind(config.metrics_port)?)
@@ -135,15 +180,43 @@ async fn shard_main(
     .await;
     let Some(Ok((senders, receivers))) = joined else {
         let _ = engine.close().await;
+        let _ = hint_engine.close().await;
         return Err("shutdown before all shards started".into());
     };
-    let shard = Rc::new(Shard::new(id, engine, config.clone(), q, shard_of, senders));
+    let members = members.map(Rc::new);
+    let hints = hints::HintStore::new(hint_engine, config.hints_max_mib << 20, config.hint_age_max_ms);
+    let shard = Rc::new(Shard::new(ShardParts {
+        id,
+        me,
+        engine,
+        hints,
+        config: config.clone(),
+        q,
+        view,
+        senders,
+        members: members.clone(),
+    }));
     shard.serve_peers(receivers);
-    if id == 0 {
-        announce(&config);
+    if let Some(members) = members {
+        announce(&config, me);
+        glommio::spawn_local(members::run(shard.clone(), members)).detach();
     }
+    // Handoff is background work: a low share of the shard's time.
+    let background = glommio::executor().create_task_queue(
+        glommio::Shares::Static(BACKGROUND_SHARES),
+        glommio::Latency::NotImportant,
+        "handoff",
+    );
+    let handoff = glommio::spawn_local_into(hints::handoff_loop(shard.clone()), background)
+        .map_err(|e| format!("cannot start hinted handoff: {e}"))?;
     let mut accept_loops = vec![
-        glommio::spawn_local(accept_loop(shard.clone(), native, open.clone(), native::serve)),
+        glommio::spawn_local(accept_loop(shard.clone(), native, open.clone(), native::serve_client)),
+        glommio::spawn_local(accept_loop(
+            shard.clone(),
+            internode,
+            open.clone(),
+            native::serve_internode,
+        )),
         glommio::spawn_local(accept_loop(shard.clone(), resp, open.clone(), resp::serve)),
     ];
     if let Some(metrics) = metrics {
@@ -157,30 +230,42 @@ async fn shard_main(
     for task in accept_loops {
         task.await;
     }
+    handoff.await;
     // Every shard waits for every connection of the node, since requests
     // read anywhere may still be forwarded here.
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while open.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
+    let hints_closed = shard.hints.engine.close().await;
     shard
         .engine
         .close()
         .await
-        .map_err(|e| format!("closing the engine: {e}"))
+        .map_err(|e| format!("closing the engine: {e}"))?;
+    hints_closed.map_err(|e| format!("closing the hint store: {e}"))
 }
 
-fn announce(config: &ServeConfig) {
+fn announce(config: &ServeConfig, me: NodeId) {
     let last = config.base_port + config.shards as u16 - 1;
+    let cluster = if config.peers.is_empty() {
+        "one-node cluster".to_string()
+    } else {
+        format!("peers {}", config.peers.join(","))
+    };
     println!(
-        "dynkv: serving {} shard(s): native {ip}:{}-{last}, RESP {ip}:{}, metrics http://{ip}:{}/metrics; \
-         data in {}; sync={}",
+        "dynkv: node {me} serving {} shard(s): native {ip}:{}-{last}, internode {ip}:{}, RESP {ip}:{}, \
+         metrics http://{ip}:{}/metrics; data in {}; sync={}; n={} r={} w={}; {cluster}",
         config.shards,
         config.base_port,
+        config.internode_base_port,
         config.resp_port,
         config.metrics_port,
         config.data_dir.display(),
         config.sync,
+        config.n,
+        config.r,
+        config.w,
         ip = config.listen,
     );
 }

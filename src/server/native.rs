@@ -1,4 +1,5 @@
-//! The native protocol on a client connection.
+//! The native protocol, on client and (authenticated) internode
+//! connections.
 //!
 //! Frames are decoded in place from the receive buffer. All complete frames
 //! of one read (up to the in-flight limit) run concurrently, each writing
@@ -14,8 +15,13 @@ use dynkv_net::{decode, encode, encode_siblings, Decoded, Frame, FrameLimits, He
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use dynkv_ring::{Membership, NodeId};
+
+use crate::server::auth;
+use crate::server::coordinator::FLAG_SUPERSEDE_LOCAL;
 use crate::server::recv::{RecvBuf, READ_CHUNK_BYTES};
-use crate::server::shard::{Op, Outcome, Shard};
+use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
+use dynkv::object::{context_bytes, object_bytes};
 
 /// Section limits on a client port: generous enough to answer an oversized
 /// key or value with a status, small enough to bound the buffer.
@@ -27,23 +33,56 @@ pub(crate) fn client_limits(shard: &Shard) -> FrameLimits {
     }
 }
 
+/// Which port a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Port {
+    /// Clients: get answers are sibling lists with a context.
+    Client,
+    /// Authenticated peers: replica messages, membership, and client
+    /// requests forwarded to this node as coordinator; get answers are
+    /// whole objects.
+    Internode,
+}
+
 /// Encodes the response to `frame` for `outcome`.
-fn respond(out: &mut Vec<u8>, frame: &Frame<'_>, outcome: Outcome) {
+fn respond(out: &mut Vec<u8>, frame: &Frame<'_>, outcome: Outcome, port: Port) {
     let (opcode, id) = (frame.header.opcode, frame.header.request_id);
     match outcome {
         Outcome::Done => encode(out, &Head::response(opcode, id, Status::Ok), &[], &[], &[]),
-        Outcome::NotFound => encode(out, &Head::response(opcode, id, Status::NotFound), &[], &[], &[]),
-        Outcome::Value(value) => {
-            let mut siblings = Vec::with_capacity(value.len() + 9);
+        Outcome::Object(clock) if port == Port::Internode => {
+            encode(
+                out,
+                &Head::response(opcode, id, Status::Ok),
+                &[],
+                &[],
+                &object_bytes(&clock),
+            );
+        }
+        Outcome::Object(clock) => {
+            let context = if clock.is_empty() {
+                Vec::new()
+            } else {
+                context_bytes(&clock.context())
+            };
+            if clock.is_deleted() {
+                // Absent, but the context lets a later put supersede the
+                // tombstone instead of becoming its sibling.
+                encode(out, &Head::response(opcode, id, Status::NotFound), &[], &context, &[]);
+                return;
+            }
+            let mut siblings = Vec::with_capacity(64);
             encode_siblings(
                 &mut siblings,
-                [Sibling {
-                    tombstone: false,
-                    value: &value,
-                }]
-                .into_iter(),
+                clock
+                    .siblings()
+                    .map(|s| Sibling {
+                        tombstone: s.is_tombstone(),
+                        value: s.value.as_deref().unwrap_or(&[]),
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter(),
             );
-            encode(out, &Head::response(opcode, id, Status::Ok), &[], &[], &siblings);
+            encode(out, &Head::response(opcode, id, Status::Ok), &[], &context, &siblings);
         }
         Outcome::Stats(report) => {
             let text = format!("{report:#?}\n");
@@ -57,72 +96,124 @@ fn respond(out: &mut Vec<u8>, frame: &Frame<'_>, outcome: Outcome) {
 
 /// The shard map: `q: u32 | shards: u16 | port: u16 * shards | shard: u16 * q`.
 fn shard_map(shard: &Shard) -> Vec<u8> {
+    let view = shard.view();
     let shards = shard.config.shards as u16;
-    let mut out = Vec::with_capacity(6 + 2 * (usize::from(shards) + shard.shard_of.len()));
+    let mut out = Vec::with_capacity(6 + 2 * (usize::from(shards) + shard.q.get() as usize));
     out.extend_from_slice(&shard.q.get().to_le_bytes());
     out.extend_from_slice(&shards.to_le_bytes());
     for s in 0..shards {
         out.extend_from_slice(&(shard.config.base_port + s).to_le_bytes());
     }
-    for owner in &shard.shard_of {
-        out.extend_from_slice(&owner.to_le_bytes());
+    for partition in 0..shard.q.get() {
+        out.extend_from_slice(&view.client_shard(partition).to_le_bytes());
     }
     out
 }
 
-async fn handle(shard: &Shard, frame: &Frame<'_>, out: &RefCell<Vec<u8>>) {
-    let op = match frame.opcode() {
-        Some(Opcode::Get) => Op::Get,
-        Some(Opcode::Put) => Op::Put,
-        Some(Opcode::Delete) => Op::Delete,
-        Some(Opcode::Ping) => {
-            encode(
-                &mut out.borrow_mut(),
-                &Head::response(frame.header.opcode, frame.header.request_id, Status::Ok),
-                &[],
-                &[],
-                &[],
-            );
-            return;
+/// Request options from a frame's header (and, for replica messages, the
+/// hint target in its context section).
+fn options(frame: &Frame<'_>, port: Port) -> Result<RequestOptions, String> {
+    let hint_for = match (frame.opcode(), frame.context.len()) {
+        (Some(Opcode::ReplicaGet | Opcode::ReplicaPut), 0) => None,
+        (Some(Opcode::ReplicaGet | Opcode::ReplicaPut), 8) => {
+            Some(NodeId(u64::from_le_bytes(frame.context.try_into().expect("8 bytes"))))
         }
-        Some(Opcode::Stats) => {
-            let text = crate::server::metrics::render(&shard.all_reports().await);
-            let head = Head::response(frame.header.opcode, frame.header.request_id, Status::Ok);
-            encode(&mut out.borrow_mut(), &head, &[], &[], text.as_bytes());
-            return;
+        (Some(Opcode::ReplicaGet | Opcode::ReplicaPut), n) => {
+            return Err(format!(
+                "a replica message's context is a hint target (8 bytes), not {n} bytes"
+            ))
         }
-        Some(Opcode::ShardMap) => {
-            let head = Head::response(frame.header.opcode, frame.header.request_id, Status::Ok);
-            encode(&mut out.borrow_mut(), &head, &[], &[], &shard_map(shard));
-            return;
-        }
-        _ => {
-            let message = format!("opcode {:#04x} is not served on a client port", frame.header.opcode);
-            respond(
-                &mut out.borrow_mut(),
-                frame,
-                Outcome::Failed(Status::UnknownOpcode, message),
-            );
-            return;
-        }
+        _ => None,
     };
+    Ok(RequestOptions {
+        quorum: frame.header.quorum,
+        primary_quorum: frame.header.primary_quorum,
+        timeout_ms: frame.header.timeout_ms,
+        supersede_local: frame.header.flags & FLAG_SUPERSEDE_LOCAL != 0,
+        hint_for,
+        from_peer: port == Port::Internode,
+    })
+}
+
+fn reply(out: &RefCell<Vec<u8>>, frame: &Frame<'_>, status: Status, value: &[u8]) {
+    let head = Head::response(frame.header.opcode, frame.header.request_id, status);
+    encode(&mut out.borrow_mut(), &head, &[], &[], value);
+}
+
+async fn handle(shard: &Rc<Shard>, frame: &Frame<'_>, out: &RefCell<Vec<u8>>, port: Port) {
     if frame.is_response() {
-        let message = "a response frame was sent to the server".to_string();
-        respond(
-            &mut out.borrow_mut(),
+        reply(
+            out,
             frame,
-            Outcome::Failed(Status::BadRequest, message),
+            Status::BadRequest,
+            b"a response frame was sent to the server",
         );
         return;
     }
-    let outcome = shard.execute(op, frame.key, frame.context, frame.value).await;
-    respond(&mut out.borrow_mut(), frame, outcome);
+    let op = match (frame.opcode(), port) {
+        (Some(Opcode::Get), _) => Op::Get,
+        (Some(Opcode::Put), _) => Op::Put,
+        (Some(Opcode::Delete), _) => Op::Delete,
+        (Some(Opcode::ReplicaGet), Port::Internode) => Op::ReplicaGet,
+        (Some(Opcode::ReplicaPut), Port::Internode) => Op::ReplicaPut,
+        (Some(Opcode::Ping), _) => return reply(out, frame, Status::Ok, &[]),
+        (Some(Opcode::Stats), _) => {
+            let text = crate::server::metrics::render(&shard.all_reports().await);
+            return reply(out, frame, Status::Ok, text.as_bytes());
+        }
+        (Some(Opcode::ShardMap), Port::Client) => return reply(out, frame, Status::Ok, &shard_map(shard)),
+        (Some(Opcode::Gossip), Port::Internode) => return gossip(shard, frame, out).await,
+        _ => {
+            let message = format!("opcode {:#04x} is not served on this port", frame.header.opcode);
+            return reply(out, frame, Status::UnknownOpcode, message.as_bytes());
+        }
+    };
+    let options = match options(frame, port) {
+        Ok(options) => options,
+        Err(message) => return reply(out, frame, Status::BadRequest, message.as_bytes()),
+    };
+    let outcome = shard.execute(op, frame.key, frame.context, frame.value, options).await;
+    respond(&mut out.borrow_mut(), frame, outcome, port);
 }
 
-/// Serves one client connection until it closes, errs, or the node shuts
-/// down (after answering every request already read).
-pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
-    let limits = client_limits(&shard);
+/// A peer's membership exchange: merge theirs, answer with ours.
+async fn gossip(shard: &Rc<Shard>, frame: &Frame<'_>, out: &RefCell<Vec<u8>>) {
+    let Some(members) = shard.members.clone() else {
+        return reply(out, frame, Status::BadRequest, b"membership is kept by shard 0");
+    };
+    match Membership::decode(frame.value) {
+        Ok(theirs) => {
+            members.merge(shard, &theirs).await;
+            reply(out, frame, Status::Ok, &members.encoded());
+        }
+        Err(err) => reply(out, frame, Status::BadRequest, err.to_string().as_bytes()),
+    }
+}
+
+/// Serves an internode connection: authenticate, then serve frames.
+pub(crate) async fn serve_internode(shard: Rc<Shard>, mut stream: TcpStream) {
+    let timeout = std::time::Duration::from_secs(5);
+    match auth::accept(&mut stream, shard.config.cluster_secret.as_bytes(), shard.me, timeout).await {
+        Ok(_) => serve(shard, stream, Port::Internode).await,
+        Err(err) => {
+            let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
+            tracing::warn!(shard = shard.id, %peer, "refused an internode connection: {err}");
+        }
+    }
+}
+
+/// Serves a client connection.
+pub(crate) async fn serve_client(shard: Rc<Shard>, stream: TcpStream) {
+    serve(shard, stream, Port::Client).await
+}
+
+/// Serves one connection until it closes, errs, or the node shuts down
+/// (after answering every request already read).
+async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
+    let limits = match port {
+        Port::Client => client_limits(&shard),
+        Port::Internode => FrameLimits::DEFAULT,
+    };
     let batch_max = shard.config.inflight_per_connection_max;
     let mut buf = RecvBuf::new();
     let out = RefCell::new(Vec::with_capacity(READ_CHUNK_BYTES));
@@ -146,7 +237,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             }
         }
         if !frames.is_empty() || fatal.is_some() {
-            futures::future::join_all(frames.iter().map(|f| handle(&shard, f, &out))).await;
+            futures::future::join_all(frames.iter().map(|f| handle(&shard, f, &out, port))).await;
             drop(frames);
             let mut pending = std::mem::take(&mut *out.borrow_mut());
             if !pending.is_empty() && stream.write_all(&pending).await.is_err() {

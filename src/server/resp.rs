@@ -12,7 +12,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::server::recv::RecvBuf;
-use crate::server::shard::{Op, Outcome, Shard};
+use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
 
 /// Arguments in one command (MSET/MGET/DEL with many keys).
 const ARGS_MAX: usize = 64 * 1024;
@@ -123,9 +123,38 @@ fn info_text(shard: &Shard) -> String {
     )
 }
 
+/// RESP reads and writes: writes supersede what the coordinator holds, as
+/// Redis clients expect of SET and DEL.
+const RESP_WRITE: RequestOptions = RequestOptions {
+    quorum: 0,
+    primary_quorum: 0,
+    timeout_ms: 0,
+    supersede_local: true,
+    hint_for: None,
+    from_peer: false,
+};
+
+/// A key's value as Redis clients see it: siblings reduced by the
+/// last-writer-wins rule ([`Clock::last_writer`]).
+enum Read {
+    Value(Vec<u8>),
+    Missing,
+    Failed(Outcome),
+}
+
+async fn read(shard: &Rc<Shard>, key: &[u8]) -> Read {
+    match shard.execute(Op::Get, key, &[], &[], RequestOptions::default()).await {
+        Outcome::Object(clock) => match clock.last_writer().and_then(|s| s.value.clone()) {
+            Some(value) => Read::Value(value),
+            None => Read::Missing,
+        },
+        other => Read::Failed(other),
+    }
+}
+
 /// Executes one command, appending its reply to `out`. Returns false if the
 /// connection should close after the reply (QUIT).
-async fn execute(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
+async fn execute(shard: &Rc<Shard>, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
     let Some(name) = args.first() else {
         return true;
     };
@@ -137,22 +166,24 @@ async fn execute(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
             None => out.extend_from_slice(b"+PONG\r\n"),
         },
         "ECHO" if arity(2) => bulk(out, args[1]),
-        "GET" if arity(2) => match shard.execute(Op::Get, args[1], &[], &[]).await {
-            Outcome::Value(v) => bulk(out, &v),
-            Outcome::NotFound => out.extend_from_slice(b"$-1\r\n"),
-            other => {
+        "GET" if arity(2) => match read(shard, args[1]).await {
+            Read::Value(v) => bulk(out, &v),
+            Read::Missing => out.extend_from_slice(b"$-1\r\n"),
+            Read::Failed(other) => {
                 failure(out, &other);
             }
         },
         "SET" if arity(3) => {
-            let outcome = shard.execute(Op::Put, args[1], &[], args[2]).await;
+            let outcome = shard.execute(Op::Put, args[1], &[], args[2], RESP_WRITE).await;
             if !failure(out, &outcome) {
                 out.extend_from_slice(b"+OK\r\n");
             }
         }
         "SET" if args.len() > 3 => error(out, "ERR syntax error (dynkv supports SET key value without options)"),
         "MSET" if args.len() >= 3 && args.len() % 2 == 1 => {
-            let writes = args[1..].chunks(2).map(|kv| shard.execute(Op::Put, kv[0], &[], kv[1]));
+            let writes = args[1..]
+                .chunks(2)
+                .map(|kv| shard.execute(Op::Put, kv[0], &[], kv[1], RESP_WRITE));
             let outcomes = futures::future::join_all(writes).await;
             match outcomes.iter().find(|o| matches!(o, Outcome::Failed(..))) {
                 Some(failed) => {
@@ -162,12 +193,12 @@ async fn execute(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
             }
         }
         "MGET" if args.len() >= 2 => {
-            let reads = args[1..].iter().map(|k| shard.execute(Op::Get, k, &[], &[]));
+            let reads = args[1..].iter().map(|k| read(shard, k));
             let outcomes = futures::future::join_all(reads).await;
             out.extend_from_slice(format!("*{}\r\n", outcomes.len()).as_bytes());
             for outcome in outcomes {
                 match outcome {
-                    Outcome::Value(v) => bulk(out, &v),
+                    Read::Value(v) => bulk(out, &v),
                     _ => out.extend_from_slice(b"$-1\r\n"),
                 }
             }
@@ -175,10 +206,10 @@ async fn execute(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
         "DEL" | "EXISTS" if args.len() >= 2 => {
             let mut count = 0;
             for key in &args[1..] {
-                if matches!(shard.execute(Op::Get, key, &[], &[]).await, Outcome::Value(_)) {
+                if matches!(read(shard, key).await, Read::Value(_)) {
                     count += 1;
                     if name == "DEL" {
-                        let outcome = shard.execute(Op::Delete, key, &[], &[]).await;
+                        let outcome = shard.execute(Op::Delete, key, &[], &[], RESP_WRITE).await;
                         if failure(out, &outcome) {
                             return true;
                         }

@@ -1,44 +1,86 @@
-//! One shard: its engine, its share of the partitions, and the bounded
-//! channels to its peers.
+//! One shard: its engine and hint store, its view of the cluster, its links
+//! to peer shards on other nodes, and the bounded channels to the other
+//! shards of this node.
 //!
-//! A request is executed on the shard that owns its key's partition. If it
-//! arrived elsewhere, it is forwarded over the channel mesh (bounded, one
-//! single-producer channel per pair of shards) and the answer comes back on
-//! a one-shot channel, so a full request queue can only make a sender wait,
-//! never deadlock a reply. With one node, the owning shard's coordinator
-//! writes locally; replication will slot in here.
+//! A request runs where its key's partition lives. On a node that is a
+//! primary of the partition, the owning shard coordinates it (forwarded over
+//! the channel mesh if it arrived elsewhere: bounded, one single-producer
+//! channel per pair of shards, answers on one-shot channels, so a full queue
+//! only makes a sender wait and never deadlocks a reply). A node that is not
+//! a primary forwards the request over an internode link to a primary's
+//! owning shard. Replica messages go straight from a coordinating shard to
+//! the owning shard of each replica node.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use dynkv_engine::{Engine, EngineError, EngineStats};
 use dynkv_net::Status;
-use dynkv_ring::PartitionCount;
+use dynkv_ring::{NodeId, PartitionCount};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
 use crate::config::ServeConfig;
+use crate::server::hints::HintStore;
+use crate::server::key_locks::KeyLocks;
+use crate::server::link::Links;
+use crate::server::members::Members;
 use crate::server::metrics::ShardCounters;
+use crate::server::view::ClusterView;
+use dynkv::object::decode_object;
+use dynkv::version::{Clock, VersionLimits};
 
-/// What a request asks of the store.
+/// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
     Get,
     Put,
     Delete,
     Stats,
+    /// Internode: a replica's stored version of a key.
+    ReplicaGet,
+    /// Internode: merge a version into a replica (or a hint).
+    ReplicaPut,
+}
+
+pub(crate) const OP_COUNT: usize = 6;
+/// Longest timeout a client may ask for.
+const REQUEST_TIMEOUT_MAX_MS: u64 = 60_000;
+
+/// Per-request settings from the frame header and the port it came in on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RequestOptions {
+    /// R or W; 0 means the node's default.
+    pub(crate) quorum: u8,
+    /// pr or pw; 0 means none.
+    pub(crate) primary_quorum: u8,
+    /// 0 means the node's default.
+    pub(crate) timeout_ms: u32,
+    /// A write supersedes whatever the coordinator holds (RESP's SET).
+    pub(crate) supersede_local: bool,
+    /// For replica messages: the primary a hint is held for.
+    pub(crate) hint_for: Option<NodeId>,
+    /// The request came from another node, which already chose this one as
+    /// coordinator; it is never forwarded again.
+    pub(crate) from_peer: bool,
 }
 
 /// The answer to a request; `Send`, so it can cross shards.
 #[derive(Debug)]
 pub(crate) enum Outcome {
     Done,
-    Value(Bytes),
-    NotFound,
+    /// A key's merged version (empty if no replica had it).
+    Object(Box<Clock>),
     Stats(Box<ShardReport>),
     Failed(Status, String),
+}
+
+impl Outcome {
+    pub(crate) fn failed(status: Status, message: impl Into<String>) -> Outcome {
+        Outcome::Failed(status, message.into())
+    }
 }
 
 /// One shard's figures, for `stats` and metrics.
@@ -47,34 +89,27 @@ pub(crate) struct ShardReport {
     pub(crate) shard: usize,
     pub(crate) engine: EngineStats,
     pub(crate) counters: crate::server::metrics::CountersSnapshot,
+    pub(crate) hints: crate::server::metrics::HintSnapshot,
 }
 
-/// A request forwarded from another shard.
-pub(crate) struct ShardMsg {
-    op: Op,
-    partition: u32,
-    key: Vec<u8>,
-    context: Vec<u8>,
-    value: Vec<u8>,
-    reply: oneshot::Sender<Outcome>,
+/// A request forwarded from another shard of this node.
+pub(crate) struct Forwarded {
+    pub(crate) op: Op,
+    pub(crate) key: Vec<u8>,
+    pub(crate) context: Vec<u8>,
+    pub(crate) value: Vec<u8>,
+    pub(crate) options: RequestOptions,
+    pub(crate) reply: oneshot::Sender<Outcome>,
 }
 
-pub(crate) struct Shard {
-    pub(crate) id: usize,
-    pub(crate) engine: Engine,
-    pub(crate) config: ServeConfig,
-    pub(crate) q: PartitionCount,
-    /// Partition → owning shard of this node.
-    pub(crate) shard_of: Vec<u16>,
-    senders: Senders<ShardMsg>,
-    pub(crate) counters: ShardCounters,
-    /// Open client connections on this shard.
-    pub(crate) connections: Cell<usize>,
-    /// Closed when the node shuts down.
-    pub(crate) stopping: Rc<crate::server::shutdown::Gate>,
+/// What shards send each other.
+pub(crate) enum ShardMsg {
+    Request(Forwarded),
+    /// A new cluster view, from shard 0.
+    View(Arc<ClusterView>),
 }
 
-fn failed(err: EngineError) -> Outcome {
+pub(crate) fn engine_failure(err: EngineError) -> Outcome {
     let status = match err {
         EngineError::KeyTooLarge { .. } => Status::KeyTooLarge,
         EngineError::ValueTooLarge { .. } => Status::ValueTooLarge,
@@ -84,95 +119,214 @@ fn failed(err: EngineError) -> Outcome {
     Outcome::Failed(status, err.to_string())
 }
 
+pub(crate) struct Shard {
+    pub(crate) id: usize,
+    pub(crate) me: NodeId,
+    pub(crate) engine: Engine,
+    pub(crate) hints: HintStore,
+    pub(crate) config: ServeConfig,
+    pub(crate) q: PartitionCount,
+    pub(crate) limits: VersionLimits,
+    view: RefCell<Arc<ClusterView>>,
+    senders: Senders<ShardMsg>,
+    pub(crate) links: Links,
+    /// Serializes read-modify-write of one key on this shard.
+    pub(crate) key_locks: KeyLocks,
+    pub(crate) counters: ShardCounters,
+    /// Open client connections on this shard.
+    pub(crate) connections: Cell<usize>,
+    /// Closed when the node shuts down.
+    pub(crate) stopping: Rc<crate::server::shutdown::Gate>,
+    /// Membership keeper; only on shard 0.
+    pub(crate) members: Option<Rc<Members>>,
+    started: Instant,
+}
+
+/// What a new shard is made of.
+pub(crate) struct ShardParts {
+    pub(crate) id: usize,
+    pub(crate) me: NodeId,
+    pub(crate) engine: Engine,
+    pub(crate) hints: HintStore,
+    pub(crate) config: ServeConfig,
+    pub(crate) q: PartitionCount,
+    pub(crate) view: Arc<ClusterView>,
+    pub(crate) senders: Senders<ShardMsg>,
+    pub(crate) members: Option<Rc<Members>>,
+}
+
 impl Shard {
-    pub(crate) fn new(
-        id: usize,
-        engine: Engine,
-        config: ServeConfig,
-        q: PartitionCount,
-        shard_of: Vec<u16>,
-        senders: Senders<ShardMsg>,
-    ) -> Shard {
+    pub(crate) fn new(parts: ShardParts) -> Shard {
+        let limits = VersionLimits {
+            siblings_max: parts.config.siblings_max,
+            ..VersionLimits::default()
+        };
         Shard {
-            id,
-            engine,
-            config,
-            q,
-            shard_of,
-            senders,
+            id: parts.id,
+            me: parts.me,
+            engine: parts.engine,
+            hints: parts.hints,
+            links: Links::new(parts.me, &parts.config.cluster_secret),
+            config: parts.config,
+            q: parts.q,
+            limits,
+            view: RefCell::new(parts.view),
+            senders: parts.senders,
+            key_locks: KeyLocks::default(),
             counters: ShardCounters::default(),
             connections: Cell::new(0),
             stopping: crate::server::shutdown::Gate::new(),
+            members: parts.members,
+            started: Instant::now(),
         }
     }
 
-    /// Executes a request wherever its key lives.
-    pub(crate) async fn execute(&self, op: Op, key: &[u8], context: &[u8], value: &[u8]) -> Outcome {
-        let started = Instant::now();
-        let partition = self.q.partition_of(key);
-        let owner = usize::from(self.shard_of[partition as usize]);
-        let outcome = if owner == self.id {
-            self.execute_local(op, partition, key, context, value).await
-        } else {
-            self.counters.forwarded.set(self.counters.forwarded.get() + 1);
-            self.forward(owner, op, partition, key, context, value).await
+    /// The current cluster view.
+    pub(crate) fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    pub(crate) fn set_view(&self, view: Arc<ClusterView>) {
+        *self.view.borrow_mut() = view;
+    }
+
+    /// Monotonic milliseconds, the clock of the coordinator state machines.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn request_timeout(&self, options: &RequestOptions) -> Duration {
+        let ms = match options.timeout_ms {
+            0 => self.config.request_timeout_ms,
+            ms => u64::from(ms).min(REQUEST_TIMEOUT_MAX_MS),
         };
+        Duration::from_millis(ms)
+    }
+
+    /// Executes a request wherever its key lives.
+    pub(crate) async fn execute(
+        self: &Rc<Self>,
+        op: Op,
+        key: &[u8],
+        context: &[u8],
+        value: &[u8],
+        options: RequestOptions,
+    ) -> Outcome {
+        let started = Instant::now();
+        let outcome = self.route(op, key, context, value, options).await;
         self.counters.record(op, &outcome, started.elapsed());
         outcome
     }
 
-    async fn forward(&self, owner: usize, op: Op, partition: u32, key: &[u8], context: &[u8], value: &[u8]) -> Outcome {
+    async fn route(
+        self: &Rc<Self>,
+        op: Op,
+        key: &[u8],
+        context: &[u8],
+        value: &[u8],
+        options: RequestOptions,
+    ) -> Outcome {
+        if op == Op::Stats {
+            return Outcome::Stats(Box::new(self.report()));
+        }
+        if key.len() > self.config.key_max_bytes {
+            let message = format!("key of {} bytes exceeds {}", key.len(), self.config.key_max_bytes);
+            return Outcome::failed(Status::KeyTooLarge, message);
+        }
+        let view = self.view();
+        if let Some(reason) = view.forming_reason() {
+            return Outcome::failed(Status::Unavailable, reason);
+        }
+        let partition = self.q.partition_of(key);
+        // A hint may be kept on any shard; everything else on the owner.
+        if options.hint_for.is_some() {
+            return self.replica_local(op, partition, key, value, options).await;
+        }
+        match view.local_owner_shard(partition) {
+            Some(shard) if usize::from(shard) == self.id => match op {
+                Op::ReplicaGet | Op::ReplicaPut => self.replica_local(op, partition, key, value, options).await,
+                _ => self.coordinate(op, partition, key, context, value, options).await,
+            },
+            Some(shard) => {
+                self.counters.forwarded.set(self.counters.forwarded.get() + 1);
+                self.forward(usize::from(shard), op, key, context, value, options).await
+            }
+            None if matches!(op, Op::ReplicaGet | Op::ReplicaPut) || options.from_peer => Outcome::failed(
+                Status::Unavailable,
+                format!("node {} is not a primary of partition {partition}", self.me),
+            ),
+            None => {
+                self.counters.forwarded.set(self.counters.forwarded.get() + 1);
+                self.forward_to_primary(op, partition, key, context, value, options)
+                    .await
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        owner: usize,
+        op: Op,
+        key: &[u8],
+        context: &[u8],
+        value: &[u8],
+        options: RequestOptions,
+    ) -> Outcome {
         let (reply, answer) = oneshot::channel();
-        let msg = ShardMsg {
+        let msg = ShardMsg::Request(Forwarded {
             op,
-            partition,
             key: key.to_vec(),
             context: context.to_vec(),
             value: value.to_vec(),
+            options,
             reply,
-        };
+        });
         if self.senders.send_to(owner, msg).await.is_err() {
-            return Outcome::Failed(Status::ShuttingDown, format!("shard {owner} is not accepting requests"));
+            return Outcome::failed(Status::ShuttingDown, format!("shard {owner} is not accepting requests"));
         }
         answer
             .await
-            .unwrap_or_else(|_| Outcome::Failed(Status::ShuttingDown, format!("shard {owner} dropped the request")))
+            .unwrap_or_else(|_| Outcome::failed(Status::ShuttingDown, format!("shard {owner} dropped the request")))
     }
 
-    async fn execute_local(&self, op: Op, partition: u32, key: &[u8], context: &[u8], value: &[u8]) -> Outcome {
-        match op {
-            Op::Get => match self.engine.get(partition, key).await {
-                Ok(Some(record)) if !record.tombstone => Outcome::Value(record.value),
-                Ok(_) => Outcome::NotFound,
-                Err(err) => failed(err),
-            },
-            Op::Put => self
-                .engine
-                .put(partition, key, value)
-                .await
-                .map_or_else(failed, |_| Outcome::Done),
-            Op::Delete => self
-                .engine
-                .delete(partition, key, context)
-                .await
-                .map_or_else(failed, |_| Outcome::Done),
-            Op::Stats => Outcome::Stats(Box::new(self.report())),
+    /// Reads this shard's stored version of `key` (empty if none).
+    pub(crate) async fn read_local(&self, partition: u32, key: &[u8]) -> Result<Clock, Outcome> {
+        match self.engine.get(partition, key).await {
+            Ok(Some(record)) if !record.tombstone => decode_object(&record.value).map_err(|e| {
+                Outcome::failed(
+                    Status::Internal,
+                    format!("the stored version of this key is corrupt: {e}"),
+                )
+            }),
+            Ok(_) => Ok(Clock::new()),
+            Err(err) => Err(engine_failure(err)),
         }
     }
 
     pub(crate) fn report(&self) -> ShardReport {
+        let (pending, pending_bytes) = self.hints.pending();
+        let h = &self.hints.counters;
         ShardReport {
             shard: self.id,
             engine: self.engine.stats(),
             counters: self.counters.snapshot(self.connections.get()),
+            hints: crate::server::metrics::HintSnapshot {
+                pending,
+                pending_bytes,
+                stored: h.stored.get(),
+                delivered: h.delivered.get(),
+                dropped_full: h.dropped_full.get(),
+                expired: h.expired.get(),
+            },
         }
     }
 
     /// Every shard's report, this one's included (asks peers over the mesh).
     pub(crate) async fn all_reports(&self) -> Vec<ShardReport> {
         let mut reports = vec![self.report()];
-        for peer in (0..self.shard_of_count()).filter(|&s| s != self.id) {
-            if let Outcome::Stats(report) = self.forward(peer, Op::Stats, 0, &[], &[], &[]).await {
+        for peer in (0..self.senders.nr_consumers()).filter(|&s| s != self.id) {
+            let options = RequestOptions::default();
+            if let Outcome::Stats(report) = self.forward(peer, Op::Stats, &[], &[], &[], options).await {
                 reports.push(*report);
             }
         }
@@ -180,25 +334,34 @@ impl Shard {
         reports
     }
 
-    fn shard_of_count(&self) -> usize {
-        self.senders.nr_consumers()
+    /// Sends a new view to every other shard.
+    pub(crate) async fn broadcast_view(&self, view: Arc<ClusterView>) {
+        self.set_view(view.clone());
+        for peer in (0..self.senders.nr_consumers()).filter(|&s| s != self.id) {
+            let _ = self.senders.send_to(peer, ShardMsg::View(view.clone())).await;
+        }
     }
 
-    /// Serves requests forwarded by peers until their channels close.
+    /// Serves messages from peer shards until their channels close.
     pub(crate) fn serve_peers(self: &Rc<Self>, mut receivers: Receivers<ShardMsg>) {
         for (_, receiver) in receivers.streams() {
             let shard = self.clone();
             glommio::spawn_local(async move {
                 while let Some(msg) = receiver.recv().await {
-                    let shard = shard.clone();
-                    glommio::spawn_local(async move {
-                        let outcome = shard
-                            .execute_local(msg.op, msg.partition, &msg.key, &msg.context, &msg.value)
-                            .await;
-                        // The requester may have given up; that is fine.
-                        let _ = msg.reply.send(outcome);
-                    })
-                    .detach();
+                    match msg {
+                        ShardMsg::View(view) => shard.set_view(view),
+                        ShardMsg::Request(req) => {
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move {
+                                let outcome = shard
+                                    .route(req.op, &req.key, &req.context, &req.value, req.options)
+                                    .await;
+                                // The requester may have given up; that is fine.
+                                let _ = req.reply.send(outcome);
+                            })
+                            .detach();
+                        }
+                    }
                 }
             })
             .detach();

@@ -1,0 +1,407 @@
+//! The coordinator's I/O: runs [`PutRound`] and [`GetRound`] against the
+//! engine and the internode links.
+//!
+//! A put makes the new version under the key's lock, stores it locally,
+//! then sends it to the other replicas; the client is answered as soon as
+//! the round has its quorum, while the round goes on in the background
+//! until every copy is placed (on a primary, or on a fallback as a hint).
+//! A get asks the healthy replicas (itself included), answers at R, and
+//! afterwards writes the merged version to every replica that answered
+//! with less (read repair).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use dynkv_net::{Head, Opcode, Status, FLAG_RESPONSE};
+use dynkv_ring::NodeId;
+use futures::channel::oneshot;
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::server::hints::unix_ms;
+use crate::server::shard::{engine_failure, Op, Outcome, RequestOptions, Shard};
+use dynkv::cluster::replica::{coordinate, WriteContext};
+use dynkv::cluster::{GetPlan, GetRound, PutPlan, PutRound, Quorum, QuorumError, Send};
+use dynkv::object::{decode_context, decode_object, object_bytes};
+use dynkv::version::{Clock, Sibling, VersionError};
+
+/// Header flag on Put and Delete: supersede whatever the coordinator holds
+/// (RESP's SET and DEL), instead of a given context.
+pub(crate) const FLAG_SUPERSEDE_LOCAL: u8 = 0b0000_0010;
+
+fn quorum_failure(err: QuorumError) -> Outcome {
+    let status = match err {
+        QuorumError::Timeout { .. } => Status::Timeout,
+        QuorumError::Unavailable { .. } => Status::Unavailable,
+    };
+    Outcome::failed(status, err.to_string())
+}
+
+fn version_failure(err: VersionError) -> Outcome {
+    let status = match err {
+        VersionError::TooManySiblings { .. } => Status::TooManySiblings,
+        VersionError::ContextTooLarge { .. } => Status::ContextTooLarge,
+    };
+    Outcome::failed(status, err.to_string())
+}
+
+impl Shard {
+    /// The quorum for a request: the asked-for (or default) count, capped
+    /// by the replicas the partition has.
+    fn quorum(&self, asked: u8, default: usize, primary: u8, replicas: usize) -> Quorum {
+        let total = if asked == 0 { default } else { usize::from(asked) };
+        let total = total.clamp(1, replicas.max(1));
+        Quorum {
+            total,
+            primaries: usize::from(primary).min(total),
+        }
+    }
+
+    /// Runs a client request on this shard, which owns `partition` on a
+    /// primary node.
+    pub(crate) async fn coordinate(
+        self: &Rc<Self>,
+        op: Op,
+        partition: u32,
+        key: &[u8],
+        context: &[u8],
+        value: &[u8],
+        options: RequestOptions,
+    ) -> Outcome {
+        match op {
+            Op::Get => self.coordinate_get(partition, key, options).await,
+            Op::Put | Op::Delete => {
+                if op == Op::Put && value.len() > self.config.value_max_bytes {
+                    let message = format!("value of {} bytes exceeds {}", value.len(), self.config.value_max_bytes);
+                    return Outcome::failed(Status::ValueTooLarge, message);
+                }
+                let write_context = match decode_context(context) {
+                    Err(err) => return Outcome::failed(Status::BadRequest, format!("bad context: {err}")),
+                    Ok(_) if options.supersede_local => WriteContext::Local,
+                    Ok(Some(vv)) => WriteContext::Given(vv),
+                    // A delete without a context removes what the
+                    // coordinator holds; a blind put is concurrent.
+                    Ok(None) if op == Op::Delete => WriteContext::Local,
+                    Ok(None) => WriteContext::Blind,
+                };
+                let sibling = Sibling {
+                    timestamp_ms: unix_ms(),
+                    value: (op == Op::Put).then(|| value.to_vec()),
+                };
+                self.coordinate_put(partition, key, write_context, sibling, options)
+                    .await
+            }
+            Op::Stats | Op::ReplicaGet | Op::ReplicaPut => unreachable!("routed elsewhere"),
+        }
+    }
+
+    async fn coordinate_put(
+        self: &Rc<Self>,
+        partition: u32,
+        key: &[u8],
+        context: WriteContext,
+        sibling: Sibling,
+        options: RequestOptions,
+    ) -> Outcome {
+        let object = {
+            let guard = self.key_locks.lock(key).await;
+            let local = match self.read_local(partition, key).await {
+                Ok(clock) => clock,
+                Err(outcome) => return outcome,
+            };
+            let object = match coordinate(&local, &context, self.me, sibling, self.limits) {
+                Ok(object) => object,
+                Err(err) => return version_failure(err),
+            };
+            let staged = match self.engine.put_staged(partition, key, &object_bytes(&object)).await {
+                Ok(staged) => staged,
+                Err(err) => return engine_failure(err),
+            };
+            drop(guard);
+            if let Err(err) = self.engine.wait_staged(staged).await {
+                return engine_failure(err);
+            }
+            object
+        };
+        let view = self.view();
+        let Some(pref) = view.preference(partition, |n| self.links.is_down(n)) else {
+            return Outcome::failed(Status::Unavailable, "cluster is forming");
+        };
+        let primaries: Vec<NodeId> = pref.primaries.iter().map(|o| o.node).collect();
+        let plan = PutPlan {
+            down: primaries.iter().copied().filter(|n| self.links.is_down(*n)).collect(),
+            fallbacks: pref.fallbacks.iter().map(|o| o.node).collect(),
+            quorum: self.quorum(options.quorum, self.config.w, options.primary_quorum, primaries.len()),
+            primaries,
+            coordinator: self.me,
+            replica_timeout_ms: self.config.replica_timeout_ms,
+            timeout_ms: self.request_timeout(&options).as_millis() as u64,
+        };
+        let (answer, outcome) = oneshot::channel();
+        let shard = self.clone();
+        let key = key.to_vec();
+        glommio::spawn_local(async move { shard.drive_put(plan, partition, key, object, answer).await }).detach();
+        match outcome.await {
+            Ok(Ok(())) => Outcome::Done,
+            Ok(Err(err)) => quorum_failure(err),
+            Err(_) => Outcome::failed(Status::ShuttingDown, "the write's round was dropped"),
+        }
+    }
+
+    /// Runs a put round to its end, answering `answer` when it decides.
+    async fn drive_put(
+        self: Rc<Self>,
+        plan: PutPlan,
+        partition: u32,
+        key: Vec<u8>,
+        object: Clock,
+        answer: oneshot::Sender<Result<(), QuorumError>>,
+    ) {
+        let bytes = object_bytes(&object);
+        let (mut round, sends) = PutRound::start(&plan, self.now_ms());
+        let mut answer = Some(answer);
+        let mut inflight = FuturesUnordered::new();
+        for send in sends {
+            inflight.push(self.replica_put(send, partition, &key, &bytes));
+        }
+        loop {
+            if let Some(outcome) = round.poll_outcome() {
+                if let Some(answer) = answer.take() {
+                    let _ = answer.send(outcome);
+                }
+            }
+            if round.is_finished(self.now_ms()) {
+                break;
+            }
+            let wait = Duration::from_millis(round.next_timeout_ms().saturating_sub(self.now_ms()));
+            let next = glommio::timer::timeout(wait, async { Ok(inflight.next().await) }).await;
+            let sends = match next {
+                Ok(Some((node, ok))) => round.handle_reply(node, ok, self.now_ms()),
+                // Nothing in flight: only the deadline is left.
+                Ok(None) => {
+                    glommio::timer::sleep(wait).await;
+                    round.handle_tick(self.now_ms())
+                }
+                Err(_) => round.handle_tick(self.now_ms()),
+            };
+            for send in sends {
+                inflight.push(self.replica_put(send, partition, &key, &bytes));
+            }
+        }
+    }
+
+    /// Sends a version to one replica (or fallback); true if it stored it.
+    pub(crate) async fn replica_put(&self, send: Send, partition: u32, key: &[u8], object: &[u8]) -> (NodeId, bool) {
+        let hint = send.hint_for.map(|p| p.0.to_le_bytes());
+        let head = Head {
+            timeout_ms: self.config.replica_timeout_ms as u32,
+            ..Head::request(Opcode::ReplicaPut, 0)
+        };
+        let ok = self
+            .call_replica(
+                send.to,
+                partition,
+                head,
+                (key, hint.as_ref().map_or(&[][..], |h| &h[..]), object),
+            )
+            .await
+            .is_ok_and(|r| r.status == Status::Ok as u8);
+        (send.to, ok)
+    }
+
+    /// Calls `node`'s shard for `partition` over its link.
+    async fn call_replica(
+        &self,
+        node: NodeId,
+        partition: u32,
+        head: Head,
+        sections: (&[u8], &[u8], &[u8]),
+    ) -> Result<dynkv_net::Response, crate::server::link::LinkError> {
+        let view = self.view();
+        let shard = view.shard_of(node, partition);
+        let timeout = Duration::from_millis(self.config.replica_timeout_ms);
+        self.links
+            .call(node, shard, view.internode_addr(node, shard), head, sections, timeout)
+            .await
+    }
+
+    async fn coordinate_get(self: &Rc<Self>, partition: u32, key: &[u8], options: RequestOptions) -> Outcome {
+        let view = self.view();
+        let Some(pref) = view.preference(partition, |n| self.links.is_down(n)) else {
+            return Outcome::failed(Status::Unavailable, "cluster is forming");
+        };
+        let mut fallbacks = pref.fallbacks.iter().map(|o| o.node);
+        let mut targets = Vec::with_capacity(pref.primaries.len());
+        for primary in &pref.primaries {
+            if primary.node == self.me || !self.links.is_down(primary.node) {
+                targets.push(Send {
+                    to: primary.node,
+                    hint_for: None,
+                });
+            } else if let Some(fallback) = fallbacks.next() {
+                targets.push(Send {
+                    to: fallback,
+                    hint_for: Some(primary.node),
+                });
+            }
+        }
+        let plan = GetPlan {
+            targets,
+            quorum: self.quorum(
+                options.quorum,
+                self.config.r,
+                options.primary_quorum,
+                pref.primaries.len(),
+            ),
+            timeout_ms: self.request_timeout(&options).as_millis() as u64,
+        };
+        let (answer, outcome) = oneshot::channel();
+        let shard = self.clone();
+        let key = key.to_vec();
+        glommio::spawn_local(async move { shard.drive_get(plan, partition, key, answer).await }).detach();
+        match outcome.await {
+            Ok(Ok(clock)) => Outcome::Object(Box::new(clock)),
+            Ok(Err(err)) => quorum_failure(err),
+            Err(_) => Outcome::failed(Status::ShuttingDown, "the read's round was dropped"),
+        }
+    }
+
+    async fn drive_get(
+        self: Rc<Self>,
+        plan: GetPlan,
+        partition: u32,
+        key: Vec<u8>,
+        answer: oneshot::Sender<Result<Clock, QuorumError>>,
+    ) {
+        let (mut round, sends) = GetRound::start(&plan, self.now_ms());
+        let mut answer = Some(answer);
+        let mut inflight = FuturesUnordered::new();
+        for send in sends {
+            inflight.push(self.replica_get(send, partition, &key));
+        }
+        loop {
+            if let Some(outcome) = round.poll_outcome() {
+                if let Some(answer) = answer.take() {
+                    let _ = answer.send(outcome);
+                }
+            }
+            if round.is_finished(self.now_ms()) {
+                break;
+            }
+            let wait = Duration::from_millis(round.next_timeout_ms().saturating_sub(self.now_ms()));
+            match glommio::timer::timeout(wait, async { Ok(inflight.next().await) }).await {
+                Ok(Some((node, reply))) => round.handle_reply(node, reply, self.now_ms()),
+                Ok(None) => {
+                    glommio::timer::sleep(wait).await;
+                    round.handle_tick(self.now_ms());
+                }
+                Err(_) => round.handle_tick(self.now_ms()),
+            }
+        }
+        let repairs = round.repairs();
+        if repairs.is_empty() {
+            return;
+        }
+        let bytes = object_bytes(round.merged());
+        for send in repairs {
+            self.counters.read_repairs.set(self.counters.read_repairs.get() + 1);
+            if send.to == self.me {
+                let _ = self.absorb_local(partition, &key, round.merged()).await;
+            } else {
+                let _ = self.replica_put(send, partition, &key, &bytes).await;
+            }
+        }
+    }
+
+    /// Reads one replica's version: `None` if it failed.
+    async fn replica_get(&self, send: Send, partition: u32, key: &[u8]) -> (NodeId, Option<Clock>) {
+        if send.to == self.me && send.hint_for.is_none() {
+            return (send.to, self.read_local(partition, key).await.ok());
+        }
+        let hint = send.hint_for.map(|p| p.0.to_le_bytes());
+        let head = Head {
+            timeout_ms: self.config.replica_timeout_ms as u32,
+            ..Head::request(Opcode::ReplicaGet, 0)
+        };
+        let reply = self
+            .call_replica(
+                send.to,
+                partition,
+                head,
+                (key, hint.as_ref().map_or(&[][..], |h| &h[..]), &[]),
+            )
+            .await;
+        let clock = match reply {
+            Ok(r) if r.status == Status::Ok as u8 && r.value.is_empty() => Some(Clock::new()),
+            Ok(r) if r.status == Status::Ok as u8 => decode_object(&r.value).ok(),
+            _ => None,
+        };
+        (send.to, clock)
+    }
+
+    /// Forwards a client request to a primary's owning shard, trying the
+    /// primaries in preference order.
+    pub(crate) async fn forward_to_primary(
+        &self,
+        op: Op,
+        partition: u32,
+        key: &[u8],
+        context: &[u8],
+        value: &[u8],
+        options: RequestOptions,
+    ) -> Outcome {
+        let opcode = match op {
+            Op::Get => Opcode::Get,
+            Op::Put => Opcode::Put,
+            Op::Delete => Opcode::Delete,
+            _ => unreachable!("only client requests are forwarded to a primary"),
+        };
+        let view = self.view();
+        let timeout = self.request_timeout(&options);
+        let head = Head {
+            flags: if options.supersede_local {
+                FLAG_SUPERSEDE_LOCAL
+            } else {
+                0
+            },
+            quorum: options.quorum,
+            primary_quorum: options.primary_quorum,
+            timeout_ms: timeout.as_millis() as u32,
+            ..Head::request(opcode, 0)
+        };
+        let mut last = String::from("no primary");
+        for owner in view.primaries(partition) {
+            let addr = view.internode_addr(owner.node, owner.shard);
+            let reply = self
+                .links
+                .call(owner.node, owner.shard, addr, head, (key, context, value), timeout)
+                .await;
+            match reply {
+                Ok(r) => return relayed(op, r),
+                Err(err) => last = err.to_string(),
+            }
+        }
+        Outcome::failed(
+            Status::Unavailable,
+            format!("no primary of partition {partition} answered: {last}"),
+        )
+    }
+}
+
+/// The outcome a primary sent back for a forwarded request.
+fn relayed(op: Op, response: dynkv_net::Response) -> Outcome {
+    match Status::from_u8(response.status) {
+        Some(Status::Ok) if op == Op::Get => match decode_object(&response.value) {
+            Ok(clock) => Outcome::Object(Box::new(clock)),
+            Err(err) => Outcome::failed(Status::Internal, format!("a primary sent a bad object: {err}")),
+        },
+        Some(Status::Ok) => Outcome::Done,
+        Some(status) => Outcome::failed(status, String::from_utf8_lossy(&response.value)),
+        None => Outcome::failed(
+            Status::Internal,
+            format!("a primary answered status {}", response.status),
+        ),
+    }
+}
+
+/// Keeps `FLAG_RESPONSE` in view for readers of the flag space.
+const _: () = assert!(FLAG_SUPERSEDE_LOCAL & FLAG_RESPONSE == 0);

@@ -1,0 +1,261 @@
+//! Hinted handoff: versions a fallback holds for a primary that did not
+//! answer, kept durably in a second engine per shard, and delivered back
+//! once the primary answers again.
+//!
+//! A hint is stored under `target node id (u64 BE) | key` in the key's
+//! partition; its value is `stored_unix_ms (u64 LE) | object`. Hints for one
+//! target and key merge (DVV sync), so a fallback holds at most one per key
+//! and target. Bounds: the store refuses new hints past `hints_max_mib` of
+//! live data, and delivery drops hints older than `hint_age_max_ms`; both
+//! are counted and logged, and anti-entropy repairs what they carried.
+//!
+//! Delivery runs in a low-share task queue: a pass every
+//! `handoff_interval_ms` walks the hints, skips targets that are down, sends
+//! each to its primary, and deletes it only after the primary acknowledged
+//! it and only if no newer version joined the hint meanwhile. A crash at
+//! any point leaves the hint in place, so delivery resumes where it stopped.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dynkv_engine::Engine;
+use dynkv_ring::NodeId;
+
+use crate::server::key_locks::KeyLocks;
+use crate::server::shard::Shard;
+use dynkv::object::{decode_object, object_bytes};
+use dynkv::version::Clock;
+
+/// Counters an operator watches.
+#[derive(Default)]
+pub(crate) struct HintCounters {
+    pub(crate) stored: Cell<u64>,
+    pub(crate) delivered: Cell<u64>,
+    pub(crate) dropped_full: Cell<u64>,
+    pub(crate) expired: Cell<u64>,
+}
+
+pub(crate) struct HintStore {
+    pub(crate) engine: Engine,
+    locks: KeyLocks,
+    bytes_max: u64,
+    pub(crate) age_max_ms: u64,
+    pub(crate) counters: HintCounters,
+}
+
+/// One stored hint, as delivery sees it.
+pub(crate) struct Hint {
+    pub(crate) target: NodeId,
+    pub(crate) partition: u32,
+    pub(crate) key: Vec<u8>,
+    pub(crate) stored_unix_ms: u64,
+    /// The stored bytes (timestamp and object), to tell whether the hint
+    /// changed while it was being delivered.
+    pub(crate) raw: bytes::Bytes,
+}
+
+impl Hint {
+    pub(crate) fn object(&self) -> &[u8] {
+        &self.raw[8..]
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+}
+
+fn hint_key(target: NodeId, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&target.0.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+impl HintStore {
+    pub(crate) fn new(engine: Engine, bytes_max: u64, age_max_ms: u64) -> HintStore {
+        HintStore {
+            engine,
+            locks: KeyLocks::default(),
+            bytes_max,
+            age_max_ms,
+            counters: HintCounters::default(),
+        }
+    }
+
+    /// Hints pending and their bytes.
+    pub(crate) fn pending(&self) -> (u64, u64) {
+        let stats = self.engine.stats();
+        (stats.keys, stats.live_bytes)
+    }
+
+    /// The version held for `target` of `key` (empty if none).
+    pub(crate) async fn read(&self, target: NodeId, partition: u32, key: &[u8]) -> Result<Clock, String> {
+        match self.engine.get(partition, &hint_key(target, key)).await {
+            Ok(Some(record)) if !record.tombstone && record.value.len() >= 8 => {
+                decode_object(&record.value[8..]).map_err(|e| format!("stored hint is corrupt: {e}"))
+            }
+            Ok(_) => Ok(Clock::new()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Merges `object` into the hint for `target`. Refused (and counted)
+    /// when the store is full.
+    pub(crate) async fn store(&self, target: NodeId, partition: u32, key: &[u8], object: &Clock) -> Result<(), String> {
+        let (_, bytes) = self.pending();
+        if bytes >= self.bytes_max {
+            let dropped = self.counters.dropped_full.get() + 1;
+            self.counters.dropped_full.set(dropped);
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    %target,
+                    "hint store full ({bytes} bytes, limit {}); {dropped} hints refused so far",
+                    self.bytes_max
+                );
+            }
+            return Err(format!("hint store full ({bytes} bytes)"));
+        }
+        let hkey = hint_key(target, key);
+        let _guard = self.locks.lock(&hkey).await;
+        let merged = self.read(target, partition, key).await?.sync(object);
+        let mut value = Vec::with_capacity(8 + 64);
+        value.extend_from_slice(&unix_ms().to_le_bytes());
+        value.extend_from_slice(&object_bytes(&merged));
+        let staged = self
+            .engine
+            .put_staged(partition, &hkey, &value)
+            .await
+            .map_err(|e| e.to_string())?;
+        drop(_guard);
+        self.engine.wait_staged(staged).await.map_err(|e| e.to_string())?;
+        self.counters.stored.set(self.counters.stored.get() + 1);
+        Ok(())
+    }
+
+    /// Up to `max` hints, in partition and key order, skipping those for
+    /// targets `skip` names.
+    pub(crate) async fn batch(&self, max: usize, skip: impl Fn(NodeId) -> bool) -> Vec<Hint> {
+        let mut hints = Vec::new();
+        for partition in self.engine.partition_ids() {
+            for info in self.engine.partition_keys(partition) {
+                if hints.len() >= max {
+                    return hints;
+                }
+                if info.tombstone || info.key.len() < 8 {
+                    continue;
+                }
+                if skip(NodeId(u64::from_be_bytes(info.key[..8].try_into().expect("8 bytes")))) {
+                    continue;
+                }
+                let Ok(Some(record)) = self.engine.get(partition, &info.key).await else {
+                    continue;
+                };
+                if record.tombstone || record.value.len() < 8 {
+                    continue;
+                }
+                hints.push(Hint {
+                    target: NodeId(u64::from_be_bytes(info.key[..8].try_into().expect("8 bytes"))),
+                    partition,
+                    key: info.key[8..].to_vec(),
+                    stored_unix_ms: u64::from_le_bytes(record.value[..8].try_into().expect("8 bytes")),
+                    raw: record.value,
+                });
+            }
+        }
+        hints
+    }
+
+    /// Deletes `hint` unless it changed since it was read. Returns whether
+    /// it was deleted.
+    pub(crate) async fn remove_if_unchanged(&self, hint: &Hint) -> Result<bool, String> {
+        let hkey = hint_key(hint.target, &hint.key);
+        let _guard = self.locks.lock(&hkey).await;
+        match self.engine.get(hint.partition, &hkey).await {
+            Ok(Some(record)) if !record.tombstone && record.value == hint.raw => {}
+            Ok(_) => return Ok(false),
+            Err(e) => return Err(e.to_string()),
+        }
+        let seq = self
+            .engine
+            .delete(hint.partition, &hkey, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        // A hint's tombstone protects nothing: a hint that came back would
+        // only be delivered again, and delivery is idempotent.
+        self.engine.reap_tombstone(hint.partition, &hkey, seq);
+        Ok(true)
+    }
+}
+
+/// Hints one delivery pass takes at most.
+const HANDOFF_BATCH_MAX: usize = 1024;
+
+/// Delivers hints until shutdown; run it in a low-share task queue.
+pub(crate) async fn handoff_loop(shard: Rc<Shard>) {
+    let pause = Duration::from_micros(1_000_000 / shard.config.handoff_per_second_max.max(1));
+    let interval = Duration::from_millis(shard.config.handoff_interval_ms);
+    loop {
+        let stopped = futures_lite::future::or(
+            async {
+                glommio::timer::sleep(interval).await;
+                false
+            },
+            async {
+                shard.stopping.closed().await;
+                true
+            },
+        )
+        .await;
+        if stopped {
+            return;
+        }
+        let batch = shard
+            .hints
+            .batch(HANDOFF_BATCH_MAX, |target| shard.links.is_down(target))
+            .await;
+        for hint in batch {
+            if crate::server::shutdown::requested() {
+                return;
+            }
+            deliver(&shard, &hint).await;
+            glommio::timer::sleep(pause).await;
+        }
+    }
+}
+
+/// Delivers (or expires) one hint.
+async fn deliver(shard: &Shard, hint: &Hint) {
+    let hints = &shard.hints;
+    let age_ms = unix_ms().saturating_sub(hint.stored_unix_ms);
+    if age_ms > hints.age_max_ms {
+        if let Ok(true) = hints.remove_if_unchanged(hint).await {
+            let expired = hints.counters.expired.get() + 1;
+            hints.counters.expired.set(expired);
+            tracing::warn!(
+                target_node = %hint.target,
+                "dropped a hint {age_ms} ms old (hint_age_max_ms = {}); {expired} expired so far",
+                hints.age_max_ms
+            );
+        }
+        return;
+    }
+    let send = dynkv::cluster::Send {
+        to: hint.target,
+        hint_for: None,
+    };
+    if shard
+        .replica_put(send, hint.partition, &hint.key, hint.object())
+        .await
+        .1
+    {
+        match hints.remove_if_unchanged(hint).await {
+            Ok(true) => hints.counters.delivered.set(hints.counters.delivered.get() + 1),
+            // A newer version joined the hint; the next pass sends it.
+            Ok(false) => {}
+            Err(err) => tracing::warn!("cannot delete a delivered hint: {err}"),
+        }
+    }
+}

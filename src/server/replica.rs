@@ -1,0 +1,78 @@
+//! The replica side of internode traffic on the engine: store an incoming
+//! version by merging it with what is held (under the key's lock, so two
+//! merges never start from the same stale read), or read what is held. A
+//! message naming a primary (`hint_for`) goes to the hint store instead.
+
+use dynkv_net::Status;
+
+use crate::server::shard::{engine_failure, Op, Outcome, RequestOptions, Shard};
+use dynkv::cluster::replica::absorb;
+use dynkv::object::{decode_object, object_bytes};
+use dynkv::version::Clock;
+
+impl Shard {
+    /// Serves a replica message on this shard.
+    pub(crate) async fn replica_local(
+        &self,
+        op: Op,
+        partition: u32,
+        key: &[u8],
+        value: &[u8],
+        options: RequestOptions,
+    ) -> Outcome {
+        match (op, options.hint_for) {
+            (Op::ReplicaGet, None) => match self.read_local(partition, key).await {
+                Ok(clock) => Outcome::Object(Box::new(clock)),
+                Err(outcome) => outcome,
+            },
+            (Op::ReplicaGet, Some(target)) => match self.hints.read(target, partition, key).await {
+                Ok(clock) => Outcome::Object(Box::new(clock)),
+                Err(message) => Outcome::failed(Status::Internal, message),
+            },
+            (Op::ReplicaPut, hint_for) => {
+                let incoming = match decode_object(value) {
+                    Ok(clock) => clock,
+                    Err(err) => return Outcome::failed(Status::BadRequest, format!("bad object: {err}")),
+                };
+                match hint_for {
+                    None => self.absorb_local(partition, key, &incoming).await,
+                    Some(target) => match self.hints.store(target, partition, key, &incoming).await {
+                        Ok(()) => Outcome::Done,
+                        Err(message) => Outcome::failed(Status::Overloaded, message),
+                    },
+                }
+            }
+            _ => Outcome::failed(Status::BadRequest, format!("{op:?} is not a replica message")),
+        }
+    }
+
+    /// Merges `incoming` into this shard's version of `key`; durable (per
+    /// the sync mode) when it returns `Done`.
+    pub(crate) async fn absorb_local(&self, partition: u32, key: &[u8], incoming: &Clock) -> Outcome {
+        let guard = self.key_locks.lock(key).await;
+        let local = match self.read_local(partition, key).await {
+            Ok(clock) => clock,
+            Err(outcome) => return outcome,
+        };
+        let Some(merged) = absorb(&local, incoming) else {
+            drop(guard);
+            // Already known, but perhaps only staged by a write still
+            // waiting for its sync: the ack must not promise more than disk.
+            if self.config.sync == "always" {
+                if let Err(err) = self.engine.sync().await {
+                    return engine_failure(err);
+                }
+            }
+            return Outcome::Done;
+        };
+        let staged = match self.engine.put_staged(partition, key, &object_bytes(&merged)).await {
+            Ok(staged) => staged,
+            Err(err) => return engine_failure(err),
+        };
+        drop(guard);
+        match self.engine.wait_staged(staged).await {
+            Ok(_) => Outcome::Done,
+            Err(err) => engine_failure(err),
+        }
+    }
+}
