@@ -463,7 +463,7 @@ mod tests {
             Some(&b"b"[..]),
             "tie: larger node"
         );
-        let deleted = merged.sync(&Clock::new().update(None, A, at(9, None), limits).unwrap());
+        let deleted = merged.update(None, A, at(9, None), limits).unwrap();
         assert!(deleted.last_writer().unwrap().is_tombstone());
         assert_eq!(Clock::new().last_writer(), None);
     }

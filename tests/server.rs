@@ -3,156 +3,15 @@
 //! hostile input. Every process a test starts is stopped by PID.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
 
-use dynkv_net::{decode, encode, Client, ClientOptions, Decoded, FrameLimits, Head, Opcode, Status};
+use dynkv_net::{decode, encode, Client, Decoded, FrameLimits, Head, Opcode, Status};
 
-const SHARDS: u16 = 2;
+mod support;
 
-/// A running node; killed by PID if a test ends without stopping it.
-struct Node {
-    child: Option<Child>,
-    base_port: u16,
-    resp_port: u16,
-}
-
-fn ports_free(ports: &[u16]) -> bool {
-    ports
-        .iter()
-        .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-}
-
-/// Picks a free block of ports: SHARDS native ports, RESP, metrics, SHARDS
-/// internode ports. Each
-/// call in this process gets a distinct block (tests run in parallel, and
-/// glommio listeners use SO_REUSEPORT, so two nodes on one port would
-/// silently share connections).
-fn free_ports() -> (u16, u16, u16) {
-    static NEXT_BLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let clock = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let start = (u64::from(std::process::id()) * 131 + clock / 1000) % 3000;
-    for _ in 0..200 {
-        let block = (start + NEXT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 3000;
-        let base = 20_000 + (block * 10) as u16;
-        let ports: Vec<u16> = (base..base + 2 * SHARDS + 2).collect();
-        if ports_free(&ports) {
-            return (base, base + SHARDS, base + SHARDS + 1);
-        }
-    }
-    panic!("no free port block on loopback");
-}
-
-impl Node {
-    /// Starts a node with its working directory in `dir` (so the default
-    /// relative `./dynkv-data` is exercised) and waits until it accepts. If
-    /// the node exits because a port was taken meanwhile, retries on another
-    /// block; any other early exit fails with the node's log.
-    fn start(dir: &Path, extra: &[&str]) -> Node {
-        for _attempt in 0..5 {
-            let (base_port, resp_port, metrics_port) = free_ports();
-            let log_path = dir.join(format!("node-{base_port}.log"));
-            let log = std::fs::File::create(&log_path).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_dynkv"))
-                .current_dir(dir)
-                .args(["serve", "--shards", &SHARDS.to_string()])
-                .args([
-                    "--base-port",
-                    &base_port.to_string(),
-                    "--resp-port",
-                    &resp_port.to_string(),
-                ])
-                .args(["--metrics-port", &metrics_port.to_string()])
-                .args(["--internode-base-port", &(metrics_port + 1).to_string()])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start dynkv");
-            let mut node = Node {
-                child: Some(child),
-                base_port,
-                resp_port,
-            };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let up =
-                    TcpStream::connect(node.addr()).is_ok() && TcpStream::connect(("127.0.0.1", resp_port)).is_ok();
-                if up {
-                    return node;
-                }
-                if let Some(status) = node.child.as_mut().unwrap().try_wait().unwrap() {
-                    node.child = None;
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    assert!(log.contains("cannot listen"), "node exited early ({status}):\n{log}");
-                    break;
-                }
-                let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-                assert!(
-                    Instant::now() < deadline,
-                    "node did not start listening on {}:\n{}",
-                    node.addr(),
-                    log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("could not find free ports for a node in 5 attempts");
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.base_port))
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
-    }
-
-    /// Sends SIGTERM and returns the exit status (within 30 s).
-    fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: signalling our own child by PID.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("node ignored SIGTERM for 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn run<T>(fut: impl std::future::Future<Output = T>) -> T {
-    glommio::LocalExecutorBuilder::default()
-        .make()
-        .expect("executor")
-        .run(fut)
-}
-
-fn client_options() -> ClientOptions {
-    ClientOptions {
-        timeout: Duration::from_secs(10),
-        ..ClientOptions::default()
-    }
-}
+use support::{client_options, run, Node, SHARDS};
 
 #[test]
 fn put_get_delete_through_the_client_and_data_survives_restart() {
@@ -362,7 +221,7 @@ fn redis_cli_speaks_to_the_resp_port() {
     }
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
-    let port = node.resp_port;
+    let port = node.ports.resp;
     let cli = |args: &[&str]| redis_cli(port, args).expect("redis-cli runs");
     assert_eq!(cli(&["PING"]), "PONG");
     assert_eq!(cli(&["SET", "greeting", "hello world"]), "OK");
@@ -420,9 +279,7 @@ fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_write() {
         futures::future::join_all(writers).await;
         acked.into_inner()
     });
-    let mut node = node;
-    let mut child = node.child.take().unwrap();
-    let status = child.wait().unwrap();
+    let status = node.wait_exit();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
     assert!(!acked.is_empty());
     let node = Node::start(dir.path(), &[]);

@@ -394,6 +394,15 @@ impl Sim {
             Round::Handoff { .. } => false,
         };
         if finished {
+            if let Some((Round::Put { round, key, object, .. }, _)) = self.nodes[at].rounds.get(&round_id) {
+                // The coordinator keeps a hint for every primary left
+                // without the version.
+                let (key, object) = (*key, object.clone());
+                for primary in round.unplaced() {
+                    let slot = self.nodes[at].hints.entry((primary, key)).or_default();
+                    *slot = slot.sync(&object);
+                }
+            }
             self.nodes[at].rounds.remove(&round_id);
             for (send, key, object) in repairs {
                 let round = self.new_round();

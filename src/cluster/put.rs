@@ -68,6 +68,9 @@ pub struct PutRound {
     /// Fallbacks not yet used, in order.
     fallbacks: std::collections::VecDeque<NodeId>,
     copies: Vec<Copy>,
+    /// Primaries other than the coordinator, that should each end up with
+    /// the version.
+    others: Vec<NodeId>,
     outcome: Option<Result<(), QuorumError>>,
     outcome_taken: bool,
 }
@@ -93,6 +96,12 @@ impl PutRound {
                 .filter(|f| *f != plan.coordinator && !plan.down.contains(f) && !plan.primaries.contains(f))
                 .collect(),
             copies: Vec::with_capacity(plan.primaries.len() + 1),
+            others: plan
+                .primaries
+                .iter()
+                .copied()
+                .filter(|p| *p != plan.coordinator)
+                .collect(),
             outcome: None,
             outcome_taken: false,
         };
@@ -239,6 +248,24 @@ impl PutRound {
             .min(self.deadline_ms)
     }
 
+    /// Primaries that neither acknowledged the version nor had a fallback
+    /// take it for them. Once the round is finished, the coordinator keeps
+    /// a hint for each (as Cassandra's coordinators do), so a primary that
+    /// was down gets the write when it returns even when no fallback node
+    /// exists (N equal to the cluster size).
+    pub fn unplaced(&self) -> Vec<NodeId> {
+        self.others
+            .iter()
+            .copied()
+            .filter(|p| {
+                !self
+                    .copies
+                    .iter()
+                    .any(|c| c.state == State::Acked && c.send.hint_for.unwrap_or(c.send.to) == *p)
+            })
+            .collect()
+    }
+
     /// Copies placed on fallbacks with hints so far.
     pub fn hinted(&self) -> usize {
         self.copies
@@ -321,6 +348,11 @@ mod tests {
         assert!(sends.is_empty(), "no fallback is left");
         round.handle_reply(NodeId(5), true, 102);
         assert_eq!(round.poll_outcome(), Some(Ok(())));
+        assert_eq!(
+            round.unplaced(),
+            vec![NodeId(2)],
+            "node 3's copy is on node 5; node 2's nowhere"
+        );
     }
 
     #[test]

@@ -187,6 +187,12 @@ impl Shard {
                 inflight.push(self.replica_put(send, partition, &key, &bytes));
             }
         }
+        drop(inflight);
+        for primary in round.unplaced() {
+            // Refusal (a full store) is counted and logged by the store;
+            // anti-entropy repairs what a lost hint carried.
+            let _ = self.hints.store(primary, partition, &key, &object).await;
+        }
     }
 
     /// Sends a version to one replica (or fallback); true if it stored it.

@@ -44,6 +44,26 @@ const BACKGROUND_SHARES: usize = 50;
 /// How long shutdown waits for open connections to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A listener shared by every shard (SO_REUSEPORT, as glommio's own
+/// `bind`) that also binds while connections of an earlier process on the
+/// port are in TIME_WAIT (SO_REUSEADDR), as after a crash.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that nothing
+    // else owns after `into_raw_fd`.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 /// Fails early, with the address, if a port is taken.
 fn preflight(config: &ServeConfig) -> Result<(), String> {
     let mut ports: Vec<u16> = (0..config.shards as u16)
@@ -163,7 +183,7 @@ async fn shard_main(
     };
     let bind = |port: u16| {
         let addr = SocketAddr::new(config.listen, port);
-        TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+        bind_listener(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
     };
     let native = bind(config.base_port + id as u16)?;
     let internode = bind(config.internode_base_port + id as u16)?;

@@ -1,0 +1,295 @@
+//! A 3-node cluster of real `dynkv serve` processes on 127.0.0.1 ports,
+//! N = 3, R = 2, W = 2: replication to every node, writes and reads with a
+//! node SIGKILLed, hinted handoff after its restart (checked by opening each
+//! node's engines directly), siblings from concurrent writers resolved by a
+//! context, RESP through the cluster, and a node without the cluster secret
+//! kept out. Every process is stopped by PID.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use dynkv::object::decode_object;
+use dynkv_engine::{Engine, EngineConfig};
+use dynkv_net::{Client, ClientError, Status};
+use dynkv_ring::PartitionCount;
+use support::{client_options, free_ports, run, Node, Ports, SHARDS};
+
+const SECRET: &str = "test-cluster-secret-0123456789";
+const NODES: usize = 3;
+
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    ports: Vec<Ports>,
+    nodes: Vec<Option<Node>>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let ports: Vec<Ports> = (0..NODES).map(|_| free_ports()).collect();
+        let dirs: Vec<tempfile::TempDir> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut cluster = Cluster {
+            dirs,
+            ports,
+            nodes: (0..NODES).map(|_| None).collect(),
+        };
+        for i in 0..NODES {
+            cluster.spawn(i);
+        }
+        for i in 0..NODES {
+            cluster.wait_ready(i);
+        }
+        cluster
+    }
+
+    fn args(&self, i: usize, secret: &str) -> Vec<String> {
+        let peers: Vec<String> = (0..NODES)
+            .filter(|&j| j != i)
+            .map(|j| self.ports[j].internode_addr())
+            .collect();
+        let mut args: Vec<String> = ["--n", "3", "--r", "2", "--w", "2", "--cluster-secret", secret]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        args.extend(["--peers".to_string(), peers.join(",")]);
+        args
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let mut node = Node::spawn(self.dirs[i].path(), self.ports[i], &self.args(i, SECRET));
+        node.wait_listening().unwrap_or_else(|log| panic!("node {i}: {log}"));
+        self.nodes[i] = Some(node);
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    /// Waits until node `i` serves requests (the cluster has formed).
+    fn wait_ready(&self, i: usize) {
+        let addr = self.node(i).addr();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        run(async move {
+            let client = Client::connect(addr, client_options()).await.unwrap();
+            loop {
+                match client.get(b"probe").await {
+                    Ok(_) => return,
+                    Err(err) if Instant::now() < deadline => {
+                        let _ = err;
+                        glommio::timer::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(err) => panic!("node {i} never became ready: {err}"),
+                }
+            }
+        });
+    }
+
+    /// Sums a metric over the shards of node `i`.
+    fn metric(&self, i: usize, name: &str) -> u64 {
+        let addr = self.node(i).addr();
+        let text = run(async move { Client::connect(addr, client_options()).await?.stats().await }).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    fn stop_all(&mut self) {
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if let Some(node) = node.take() {
+                assert!(node.terminate().success(), "node {i} exits 0 on SIGTERM");
+            }
+        }
+    }
+}
+
+/// Opens a stopped node's engines and reads `key`'s live values.
+fn stored_values(dir: &std::path::Path, key: &[u8]) -> Vec<Vec<u8>> {
+    let partition = PartitionCount::default().partition_of(key);
+    let data = dir.join("dynkv-data");
+    let key = key.to_vec();
+    run(async move {
+        let mut found = Vec::new();
+        for shard in 0..SHARDS {
+            let mut config = EngineConfig::new(data.join(format!("shard-{shard}")).canonicalize().unwrap());
+            config.value_len_max_bytes = 8 << 20;
+            let engine = Engine::open(config).await.unwrap();
+            if let Some(record) = engine.get(partition, &key).await.unwrap() {
+                let clock = decode_object(&record.value).unwrap();
+                found.extend(clock.siblings().filter_map(|s| s.value.clone()));
+            }
+            engine.close().await.unwrap();
+        }
+        found
+    })
+}
+
+fn value_of(key: &str) -> Vec<u8> {
+    format!("value-of-{key}").into_bytes()
+}
+
+#[test]
+fn writes_survive_a_killed_node_and_hinted_handoff_brings_it_up_to_date() {
+    let mut cluster = Cluster::start();
+    let addrs: Vec<_> = (0..NODES).map(|i| cluster.node(i).addr()).collect();
+    // Concurrent writers, one per node.
+    let before: Vec<String> = (0..NODES)
+        .flat_map(|n| (0..60).map(move |i| format!("w{n}-{i}")))
+        .collect();
+    run({
+        let (addrs, before) = (addrs.clone(), before.clone());
+        async move {
+            let writers = (0..NODES).map(|n| {
+                let keys: Vec<String> = before
+                    .iter()
+                    .filter(|k| k.starts_with(&format!("w{n}-")))
+                    .cloned()
+                    .collect();
+                let addr = addrs[n];
+                async move {
+                    let client = Client::connect(addr, client_options()).await.unwrap();
+                    let values: Vec<Vec<u8>> = keys.iter().map(|k| value_of(k)).collect();
+                    let puts = keys.iter().zip(&values).map(|(k, v)| client.put(k.as_bytes(), v, None));
+                    for result in futures::future::join_all(puts).await {
+                        result.unwrap();
+                    }
+                }
+            });
+            futures::future::join_all(writers).await;
+            let reader = Client::connect(addrs[1], client_options()).await.unwrap();
+            for key in &before {
+                assert_eq!(
+                    reader.get(key.as_bytes()).await.unwrap().values,
+                    vec![value_of(key)],
+                    "{key}"
+                );
+            }
+        }
+    });
+    cluster.nodes[2].take().unwrap().kill();
+    let after: Vec<String> = (0..60).map(|i| format!("after-{i}")).collect();
+    run({
+        let (addrs, after, before) = (addrs.clone(), after.clone(), before.clone());
+        async move {
+            let clients = [
+                Client::connect(addrs[0], client_options()).await.unwrap(),
+                Client::connect(addrs[1], client_options()).await.unwrap(),
+            ];
+            for (i, key) in after.iter().enumerate() {
+                let client = &clients[i % 2];
+                client
+                    .put(key.as_bytes(), &value_of(key), None)
+                    .await
+                    .unwrap_or_else(|e| panic!("write {key} with a node down: {e}"));
+            }
+            for key in before.iter().chain(&after) {
+                let got = clients[0].get(key.as_bytes()).await.unwrap();
+                assert_eq!(got.values, vec![value_of(key)], "{key} with a node down");
+            }
+        }
+    });
+    let pending: u64 = (0..2).map(|i| cluster.metric(i, "dynkv_hints_pending")).sum();
+    assert!(pending > 0, "the coordinators keep hints for the dead node");
+    cluster.spawn(2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (0..2).map(|i| cluster.metric(i, "dynkv_hints_pending")).sum::<u64>() > 0 {
+        assert!(Instant::now() < deadline, "hints were not handed off within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let delivered: u64 = (0..2).map(|i| cluster.metric(i, "dynkv_hints_delivered_total")).sum();
+    assert!(delivered >= after.len() as u64, "{delivered} hints delivered");
+    cluster.stop_all();
+    for i in 0..NODES {
+        for key in before.iter().chain(&after) {
+            let values = stored_values(cluster.dirs[i].path(), key.as_bytes());
+            assert_eq!(values, vec![value_of(key)], "{key} on node {i}");
+        }
+    }
+}
+
+fn redis(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs (.ci/run installs redis-tools)");
+    assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn concurrent_writes_make_siblings_that_a_context_resolves_and_strangers_are_kept_out() {
+    let mut cluster = Cluster::start();
+    let (a, b) = (cluster.node(0).addr(), cluster.node(1).addr());
+    run(async move {
+        let one = Client::connect(a, client_options()).await.unwrap();
+        let two = Client::connect(b, client_options()).await.unwrap();
+        // Two clients write without reading first: concurrent.
+        let (first, second) = futures::future::join(
+            one.put(b"shared", b"from-one", None),
+            two.put(b"shared", b"from-two", None),
+        )
+        .await;
+        first.unwrap();
+        second.unwrap();
+        let got = two.get(b"shared").await.unwrap();
+        let mut values = got.values.clone();
+        values.sort();
+        assert_eq!(values, vec![b"from-one".to_vec(), b"from-two".to_vec()], "siblings");
+        one.put(b"shared", b"merged", Some(&got.context)).await.unwrap();
+        assert_eq!(two.get(b"shared").await.unwrap().values, vec![b"merged".to_vec()]);
+        // Read-modify-write in a loop never makes siblings.
+        for i in 0..20 {
+            let got = one.get(b"counter").await.unwrap();
+            assert!(got.values.len() <= 1, "siblings after {i} read-modify-writes");
+            let context = (!got.context.is_empty()).then_some(&got.context[..]);
+            let client = if i % 2 == 0 { &one } else { &two };
+            client.put(b"counter", i.to_string().as_bytes(), context).await.unwrap();
+        }
+        // A delete with the context removes the key everywhere.
+        let got = one.get(b"shared").await.unwrap();
+        two.delete(b"shared", &got.context).await.unwrap();
+        assert!(one.get(b"shared").await.unwrap().values.is_empty());
+    });
+    // RESP coordinates through the cluster: written on one node, read on
+    // another.
+    if Command::new("redis-cli").arg("--version").output().is_ok() {
+        assert_eq!(redis(cluster.ports[0].resp, &["SET", "resp-key", "resp-value"]), "OK");
+        assert_eq!(redis(cluster.ports[2].resp, &["GET", "resp-key"]), "resp-value");
+        assert_eq!(redis(cluster.ports[1].resp, &["SET", "resp-key", "second"]), "OK");
+        assert_eq!(redis(cluster.ports[0].resp, &["GET", "resp-key"]), "second");
+        assert_eq!(redis(cluster.ports[2].resp, &["DEL", "resp-key"]), "1");
+        assert_eq!(redis(cluster.ports[1].resp, &["GET", "resp-key"]), "");
+    } else {
+        eprintln!("redis-cli is not installed; skipping the RESP part");
+    }
+    // A node with the wrong secret is refused and never forms a cluster.
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger_ports = free_ports();
+    let args: Vec<String> = [
+        "--cluster-secret",
+        "a-wrong-secret-0123456789",
+        "--peers",
+        &cluster.ports[0].internode_addr(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let mut stranger = Node::spawn(stranger_dir.path(), stranger_ports, &args);
+    stranger.wait_listening().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let addr = stranger.addr();
+    let err = run(async move { Client::connect(addr, client_options()).await.unwrap().get(b"k").await }).unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Server { status: Status::Unavailable, message } if message.contains("forming")),
+        "{err}"
+    );
+    assert!(
+        cluster.node(0).log().contains("refused an internode connection"),
+        "node 0 logs the refusal:\n{}",
+        cluster.node(0).log()
+    );
+    assert!(stranger.terminate().success());
+    cluster.stop_all();
+}
