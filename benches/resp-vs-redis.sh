@@ -53,7 +53,7 @@ wait_port() {
 start_dynkv() { # $1 = sync mode
   rm -rf "$work/dynkv"
   mkdir -p "$work/dynkv"
-  "$bin" serve --data-dir "$work/dynkv" --sync "$1" --base-port 27600 --resp-port $port_dynkv \
+  "$bin" serve --data-dir "$work/dynkv" --sync "$1" --base-port 27600 --internode-base-port 27700 --resp-port $port_dynkv \
     --metrics-port 27390 >"$work/dynkv.log" 2>&1 &
   pids+=($!)
   server_pid=$!

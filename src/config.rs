@@ -252,6 +252,11 @@ impl ServeConfig {
         engine
     }
 
+    /// True under `sync=always`: every acknowledged write is durable.
+    pub(crate) fn sync_always(&self) -> bool {
+        matches!(SyncMode::parse(&self.sync), Ok(SyncMode::Always))
+    }
+
     /// Largest stored object: a value with its version, or several
     /// siblings. Writes that would pass it fail with "value too large".
     pub(crate) fn object_max_bytes(&self) -> usize {

@@ -19,15 +19,30 @@ pub(crate) struct CtlArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum CtlCommand {
-    /// Print the value(s) of a key; siblings are printed one per line.
+    /// Print the value(s) of a key, one sibling per line, then its context
+    /// (hex) for a later `put --context` or `del --context`.
     Get { key: String },
-    /// Store a value.
-    Put { key: String, value: String },
-    /// Delete a key.
-    Del { key: String },
+    /// Store a value. With `--context` it supersedes what that read saw;
+    /// without, ctl reads the key first and supersedes what it finds.
+    Put {
+        key: String,
+        value: String,
+        #[arg(long)]
+        context: Option<String>,
+        /// Write without any context: the value becomes a sibling of
+        /// whatever exists.
+        #[arg(long, conflicts_with = "context")]
+        blind: bool,
+    },
+    /// Delete a key (supersedes what `--context` saw, or what ctl reads).
+    Del {
+        key: String,
+        #[arg(long)]
+        context: Option<String>,
+    },
     /// Node statistics (Prometheus text).
     Stats,
-    /// Liveness and shard layout.
+    /// Liveness, cluster membership, pending hints and shard layout.
     Status,
 }
 
@@ -55,13 +70,32 @@ pub(crate) fn run(args: CtlArgs) -> Result<(), String> {
                 for value in got.values {
                     println!("{}", String::from_utf8_lossy(&value));
                 }
+                println!("context: {}", to_hex(&got.context));
             }
-            CtlCommand::Put { key, value } => {
-                client.put(key.as_bytes(), value.as_bytes(), None).await.map_err(fail)?;
+            CtlCommand::Put {
+                key,
+                value,
+                context,
+                blind,
+            } => {
+                let context = match (context, blind) {
+                    (_, true) => Vec::new(),
+                    (Some(hex), _) => from_hex(&hex)?,
+                    (None, false) => client.get(key.as_bytes()).await.map_err(fail)?.context,
+                };
+                let context = (!context.is_empty()).then_some(&context[..]);
+                client
+                    .put(key.as_bytes(), value.as_bytes(), context)
+                    .await
+                    .map_err(fail)?;
                 println!("OK");
             }
-            CtlCommand::Del { key } => {
-                client.delete(key.as_bytes(), &[]).await.map_err(fail)?;
+            CtlCommand::Del { key, context } => {
+                let context = match context {
+                    Some(hex) => from_hex(&hex)?,
+                    None => client.get(key.as_bytes()).await.map_err(fail)?.context,
+                };
+                client.delete(key.as_bytes(), &context).await.map_err(fail)?;
                 println!("OK");
             }
             CtlCommand::Stats => print!("{}", client.stats().await.map_err(fail)?),
@@ -69,11 +103,74 @@ pub(crate) fn run(args: CtlArgs) -> Result<(), String> {
                 let started = std::time::Instant::now();
                 client.ping().await.map_err(fail)?;
                 println!("node {} is up (ping {:?})", args.addr, started.elapsed());
+                let stats = client.stats().await.map_err(fail)?;
+                let first = |name: &str| metric_values(&stats, name).first().copied().unwrap_or(0);
+                let ready = if first("dynkv_cluster_ready") == 1 {
+                    "ready"
+                } else {
+                    "forming"
+                };
+                println!("cluster: {} member(s), {ready}", first("dynkv_cluster_members"));
+                let pending = metric_values(&stats, "dynkv_hints_pending");
+                let bytes = metric_values(&stats, "dynkv_hints_pending_bytes");
+                println!(
+                    "hints pending: {} ({} bytes)",
+                    pending.iter().sum::<u64>(),
+                    bytes.iter().sum::<u64>()
+                );
                 for (shard, addr) in client.shard_addresses().iter().enumerate() {
-                    println!("  shard {shard}: {addr}");
+                    let hints = pending.get(shard).copied().unwrap_or(0);
+                    println!("  shard {shard}: {addr}, {hints} hint(s) pending");
                 }
             }
         }
         Ok(())
     })
+}
+
+/// Values of one metric, a line per shard, in order.
+fn metric_values(stats: &str, name: &str) -> Vec<u64> {
+    stats
+        .lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Result<Vec<u8>, String> {
+    let bad = || format!("context {text:?} is not hex (copy it from `dynkv ctl get`)");
+    if text.len() & 1 == 1 {
+        return Err(bad());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_round_trip_through_hex_and_bad_hex_is_named() {
+        let bytes = vec![0x01, 0x00, 0xab, 0xff];
+        assert_eq!(from_hex(&to_hex(&bytes)).unwrap(), bytes);
+        assert!(from_hex("abc").unwrap_err().contains("not hex"));
+        assert!(from_hex("zz").unwrap_err().contains("not hex"));
+    }
+
+    #[test]
+    fn metric_values_reads_one_line_per_shard() {
+        let text = "# HELP x\ndynkv_hints_pending{shard=\"0\"} 3\ndynkv_hints_pending_bytes{shard=\"0\"} 9\ndynkv_hints_pending{shard=\"1\"} 4\n";
+        assert_eq!(metric_values(text, "dynkv_hints_pending"), vec![3, 4]);
+    }
 }

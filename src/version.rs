@@ -1,10 +1,14 @@
 //! Versions: dotted version vector sets (DVVSet; Preguiça, Baquero et al.,
 //! as in Riak 2.x), keyed by the node that coordinated each write.
 //!
-//! A [`Clock`] is everything a replica knows about one key: for each node
-//! that ever coordinated a write to it, a counter (how many writes that node
-//! made) and the values of the newest of those writes that nothing has
-//! superseded yet. A write is identified by its *dot* `(node, counter)`.
+//! A [`Clock`] is everything a replica knows about one key: for each writer
+//! that ever coordinated a write to it, a counter (how many writes that
+//! writer made) and the values of the newest of those writes that nothing
+//! has superseded yet. A write is identified by its *dot* `(writer,
+//! counter)`. A writer is a store that keeps every dot it made, as Riak's
+//! vnodes are: the server gives each shard a writer id, renewed whenever
+//! the shard's store may have lost dots it made (see `src/server/actor.rs`),
+//! since a reused dot would make replicas drop a new write as already seen.
 //! The values still held are the siblings; more than one means writes were
 //! truly concurrent.
 //!
@@ -64,6 +68,8 @@ pub enum VersionError {
     TooManySiblings { siblings: usize, limit: usize },
     #[error("the context names {nodes} nodes (limit {limit})")]
     ContextTooLarge { nodes: usize, limit: usize },
+    #[error("the write counter of {node} is exhausted for this key")]
+    CounterExhausted { node: NodeId },
 }
 
 /// How far a node's writes to a key have been seen: `(node, counter)`
@@ -178,6 +184,12 @@ impl Clock {
         self.entries.iter().map(|e| e.values.len()).sum()
     }
 
+    /// True if the clock fits the object codec's bounds (merges of many
+    /// diverged replicas can outgrow what one write may make).
+    pub fn fits(&self, nodes_max: usize, siblings_max: usize) -> bool {
+        self.entries.len() <= nodes_max && self.sibling_count() <= siblings_max
+    }
+
     /// Number of nodes named.
     pub fn node_count(&self) -> usize {
         self.entries.len()
@@ -265,7 +277,10 @@ impl Clock {
         // dot is never reused even if this replica lost data.
         match entries.binary_search_by_key(&node, |e| e.node) {
             Ok(i) => {
-                entries[i].counter += 1;
+                entries[i].counter = entries[i]
+                    .counter
+                    .checked_add(1)
+                    .ok_or(VersionError::CounterExhausted { node })?;
                 entries[i].values.insert(0, sibling);
             }
             Err(i) => entries.insert(
@@ -466,6 +481,15 @@ mod tests {
         let deleted = merged.update(None, A, at(9, None), limits).unwrap();
         assert!(deleted.last_writer().unwrap().is_tombstone());
         assert_eq!(Clock::new().last_writer(), None);
+    }
+
+    #[test]
+    fn an_exhausted_counter_is_an_error_not_a_panic() {
+        let forged = VersionVector::from_pairs([(A, u64::MAX)]);
+        let err = Clock::new()
+            .update(Some(&forged), A, s("x"), VersionLimits::default())
+            .unwrap_err();
+        assert_eq!(err, VersionError::CounterExhausted { node: A });
     }
 
     #[test]

@@ -42,6 +42,8 @@ const HEAL_PHASE_MS_MAX: u64 = 20_000;
 const REPLICA_TIMEOUT_MS: u64 = 60;
 const REQUEST_TIMEOUT_MS: u64 = 400;
 const HANDOFF_INTERVAL_MS: u64 = 50;
+/// How far back a lossy crash loses store writes.
+const UNSYNCED_WINDOW_MS: u64 = 30;
 
 #[derive(Clone, Debug)]
 enum Body {
@@ -94,11 +96,17 @@ enum Round {
     },
 }
 
-#[derive(Default)]
 struct SimNode {
     up: bool,
-    /// Durable: the store and the hints survive crashes.
+    /// The writer id this node stamps on versions; renewed after a crash
+    /// that lost writes (as `src/server/actor.rs` does).
+    actor: NodeId,
+    /// Durable (except for `unsynced` writes in lossy runs): the store and
+    /// the hints survive crashes.
     store: BTreeMap<u64, Clock>,
+    /// Lossy runs (sync=interval): store writes of the last
+    /// `UNSYNCED_WINDOW_MS`, with what they replaced, undone by a crash.
+    unsynced: Vec<(u64, u64, Option<Clock>)>,
     hints: BTreeMap<(NodeId, u64), Clock>,
     /// Volatile: lost in a crash.
     rounds: HashMap<u64, (Round, Option<u64>)>,
@@ -150,6 +158,14 @@ struct Sim {
     limits: VersionLimits,
     /// Outcomes of reads the simulator itself made.
     answers: HashMap<u64, Result<Clock, QuorumError>>,
+    /// Every dot ever issued per key, with its write: a dot must never be
+    /// reused for a key.
+    dots: HashMap<(u64, (NodeId, u64)), u64>,
+    /// Crashes lose recent store writes (sync=interval). Acknowledged
+    /// writes may then be lost, so only the checks that must still hold
+    /// run: dots are unique, siblings are concurrent, replicas converge.
+    lossy: bool,
+    next_actor: u64,
 }
 
 fn node_index(node: NodeId) -> usize {
@@ -165,6 +181,7 @@ impl Sim {
         let nodes: Vec<ClaimNode> = (1..=NODES).map(|id| ClaimNode::new(id, 1)).collect();
         let table = claim(None, &nodes, PartitionCount::new(64).unwrap(), N).unwrap();
         let mut rng = XorShiftRng::seed_from_u64(seed);
+        let lossy = seed % 3 == 2;
         let faults = Faults {
             drop_p: rng.random_range(0.0..0.2),
             dup_p: rng.random_range(0.0..0.1),
@@ -176,10 +193,15 @@ impl Sim {
             seed,
             rng,
             now_ms: 0,
-            nodes: (0..NODES)
-                .map(|_| SimNode {
+            nodes: (1..=NODES)
+                .map(|id| SimNode {
                     up: true,
-                    ..SimNode::default()
+                    actor: NodeId(id),
+                    store: BTreeMap::new(),
+                    unsynced: Vec::new(),
+                    hints: BTreeMap::new(),
+                    rounds: HashMap::new(),
+                    next_handoff_ms: 0,
                 })
                 .collect(),
             net: BinaryHeap::new(),
@@ -200,6 +222,9 @@ impl Sim {
                 context_nodes_max: 16,
             },
             answers: HashMap::new(),
+            dots: HashMap::new(),
+            lossy,
+            next_actor: 1000,
         }
     }
 
@@ -253,6 +278,19 @@ impl Sim {
         self.next_round
     }
 
+    /// Writes a node's stored version, remembering it as unsynced in lossy
+    /// runs.
+    fn store_write(&mut self, at: usize, key: u64, clock: Clock) {
+        let now = self.now_ms;
+        let node = &mut self.nodes[at];
+        let previous = node.store.insert(key, clock);
+        if self.lossy {
+            node.unsynced
+                .retain(|(t, _, _)| now.saturating_sub(*t) < UNSYNCED_WINDOW_MS);
+            node.unsynced.push((now, key, previous));
+        }
+    }
+
     fn deliver(&mut self, env: Envelope) {
         let at = node_index(env.to);
         if !self.nodes[at].up {
@@ -265,13 +303,19 @@ impl Sim {
                 object,
                 hint_for,
             } => {
-                let node = &mut self.nodes[at];
-                let slot = match hint_for {
-                    Some(primary) => node.hints.entry((primary, key)).or_default(),
-                    None => node.store.entry(key).or_default(),
-                };
-                if let Some(merged) = absorb(slot, &object) {
-                    *slot = merged;
+                match hint_for {
+                    Some(primary) => {
+                        let slot = self.nodes[at].hints.entry((primary, key)).or_default();
+                        if let Some(merged) = absorb(slot, &object) {
+                            *slot = merged;
+                        }
+                    }
+                    None => {
+                        let local = self.nodes[at].store.get(&key).cloned().unwrap_or_default();
+                        if let Some(merged) = absorb(&local, &object) {
+                            self.store_write(at, key, merged);
+                        }
+                    }
                 }
                 self.send(env.to, env.from, Body::WriteAck { round, ok: true });
             }
@@ -452,14 +496,15 @@ impl Sim {
             timestamp_ms: id,
             value: (!delete).then(|| id.to_le_bytes().to_vec()),
         };
-        let node = &mut self.nodes[node_index(coordinator)];
-        let slot = node.store.entry(key).or_default();
+        let at = node_index(coordinator);
+        let actor = self.nodes[at].actor;
+        let local = self.nodes[at].store.get(&key).cloned().unwrap_or_default();
         let given = match &context {
             WriteContext::Given(vv) => Some(vv.clone()),
-            WriteContext::Local => Some(slot.context()),
+            WriteContext::Local => Some(local.context()),
             WriteContext::Blind => None,
         };
-        let Ok(object) = coordinate(slot, &context, coordinator, sibling, self.limits) else {
+        let Ok(object) = coordinate(&local, &context, actor, sibling, self.limits) else {
             return None; // Too many siblings: the client is told, nothing is written.
         };
         let dot = object
@@ -467,7 +512,13 @@ impl Sim {
             .find(|(_, _, s)| s.timestamp_ms == id)
             .map(|(n, c, _)| (n, c))
             .expect("the new write is live in its own version");
-        *slot = object.clone();
+        if let Some(earlier) = self.dots.insert((key, dot), id) {
+            panic!(
+                "seed {}: key {key}: dot {dot:?} issued twice (writes {earlier} and {id})",
+                self.seed
+            );
+        }
+        self.store_write(at, key, object.clone());
         self.writes.push(WriteRecord {
             key,
             dot,
@@ -648,6 +699,19 @@ impl Sim {
                 if node.up {
                     node.up = false;
                     node.rounds.clear();
+                    // Unsynced writes are lost, newest first; the node
+                    // then writes under a new actor id.
+                    let lost = !node.unsynced.is_empty();
+                    for (_, key, previous) in node.unsynced.drain(..).rev() {
+                        match previous {
+                            Some(clock) => node.store.insert(key, clock),
+                            None => node.store.remove(&key),
+                        };
+                    }
+                    if lost {
+                        self.next_actor += 1;
+                        node.actor = NodeId(self.next_actor);
+                    }
                 } else {
                     node.up = true;
                 }
@@ -687,6 +751,7 @@ impl Sim {
     }
 
     fn heal(&mut self) {
+        self.lossy_window_closed();
         self.faults = Faults {
             drop_p: 0.0,
             dup_p: 0.0,
@@ -696,6 +761,13 @@ impl Sim {
         };
         for node in &mut self.nodes {
             node.up = true;
+        }
+    }
+
+    /// After healing nothing is lost any more.
+    fn lossy_window_closed(&mut self) {
+        for node in &mut self.nodes {
+            node.unsynced.clear();
         }
     }
 
@@ -737,8 +809,10 @@ impl Sim {
         for key in 0..KEYS {
             let clock = self.final_read(key, R);
             check_siblings_concurrent(self.seed, &self.writes, &clock);
-            check_acknowledged_visible(self.seed, &self.writes, key, &clock);
-            check_superseded_gone(self.seed, &self.writes, key, &clock);
+            if !self.lossy {
+                check_acknowledged_visible(self.seed, &self.writes, key, &clock);
+                check_superseded_gone(self.seed, &self.writes, key, &clock);
+            }
         }
         // A read of all N repairs every replica that answered with less.
         for key in 0..KEYS {

@@ -73,6 +73,9 @@ wire_enum! {
         TooManySiblings = 12,
         /// A server-side failure (message in the value).
         Internal = 13,
+        /// Internode: the receiving node is not a primary of the key's
+        /// partition (its view differs); the sender tries another.
+        NotPrimary = 14,
     }
 }
 

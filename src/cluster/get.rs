@@ -66,6 +66,10 @@ impl GetRound {
             return; // A duplicate.
         }
         match reply {
+            // A fallback that holds no hint for the key knows nothing about
+            // it: counting its empty answer toward R could hide a write the
+            // unreachable primaries hold.
+            Some(clock) if slot.0.hint_for.is_some() && clock.is_empty() => slot.1 = Reply::Failed,
             Some(clock) => {
                 self.merged = self.merged.sync(&clock);
                 self.tally.count(slot.0.hint_for.is_none());
@@ -240,6 +244,27 @@ mod tests {
             round.poll_outcome(),
             Some(Err(QuorumError::Unavailable { .. }))
         ));
+    }
+
+    #[test]
+    fn an_empty_fallback_does_not_count_toward_r() {
+        let mut t = targets();
+        t[2].hint_for = Some(NodeId(9));
+        let plan = GetPlan {
+            targets: t,
+            quorum: Quorum { total: 2, primaries: 0 },
+            timeout_ms: 100,
+        };
+        let (mut round, _) = GetRound::start(&plan, 0);
+        round.handle_reply(NodeId(1), Some(Clock::new()), 1);
+        round.handle_reply(NodeId(3), Some(Clock::new()), 1);
+        assert_eq!(
+            round.poll_outcome(),
+            None,
+            "one primary and an empty fallback are not R = 2"
+        );
+        round.handle_reply(NodeId(2), Some(clock(2, "b")), 2);
+        assert_eq!(round.poll_outcome().unwrap().unwrap().sibling_count(), 1);
     }
 
     #[test]

@@ -80,11 +80,6 @@ impl PutRound {
     /// Returns the copies to send now.
     pub fn start(plan: &PutPlan, now_ms: u64) -> (PutRound, Vec<Send>) {
         assert!(plan.quorum.total >= 1, "W must be at least 1");
-        assert!(
-            plan.primaries.contains(&plan.coordinator),
-            "coordinator {} is not a primary; only a primary may make versions",
-            plan.coordinator
-        );
         let mut round = PutRound {
             tally: Tally::new(plan.quorum),
             deadline_ms: now_ms.saturating_add(plan.timeout_ms),
@@ -105,7 +100,9 @@ impl PutRound {
             outcome: None,
             outcome_taken: false,
         };
-        round.tally.count(true);
+        // The coordinator is a primary, unless ownership moved while it
+        // wrote; then its copy still counts, but not as a primary's.
+        round.tally.count(plan.primaries.contains(&plan.coordinator));
         let mut sends = Vec::new();
         for &primary in &plan.primaries {
             if primary == plan.coordinator {
@@ -194,11 +191,13 @@ impl PutRound {
         Some(send)
     }
 
+    /// Copies that may still be acknowledged: pending, or late (a late ack
+    /// still counts).
     fn pending(&self) -> (usize, usize) {
         let mut all = 0;
         let mut primaries = 0;
         for c in &self.copies {
-            if matches!(c.state, State::Pending { .. }) {
+            if matches!(c.state, State::Pending { .. } | State::Late) {
                 all += 1;
                 primaries += usize::from(c.send.hint_for.is_none());
             }
@@ -215,7 +214,7 @@ impl PutRound {
             self.outcome = Some(Ok(()));
         } else if now_ms >= self.deadline_ms {
             self.outcome = Some(Err(self.tally.timeout()));
-        } else if pending == 0 && self.tally.lost(0, pending_primaries) {
+        } else if self.tally.lost(pending, pending_primaries) {
             self.outcome = Some(Err(self.tally.unavailable()));
         }
     }

@@ -108,11 +108,13 @@ async fn with_timeout<T>(
         .map_err(|_| AuthError::Timeout)?
 }
 
-/// The dialing side. Returns the listener's node id.
+/// The dialing side. Returns the listener's node id, which must be
+/// `expected` when given (and never this node's own).
 pub(crate) async fn dial(
     stream: &mut TcpStream,
     secret: &[u8],
     me: NodeId,
+    expected: Option<NodeId>,
     timeout: Duration,
 ) -> Result<NodeId, AuthError> {
     with_timeout(timeout, async {
@@ -130,6 +132,12 @@ pub(crate) async fn dial(
             return Err(AuthError::Malformed(format!("challenge of {} bytes", value.len())));
         }
         let listener = NodeId(u64::from_le_bytes(value[..8].try_into().expect("8 bytes")));
+        if listener == me || expected.is_some_and(|e| e != listener) {
+            return Err(AuthError::Malformed(format!(
+                "the listener claims to be node {listener}, expected {}",
+                expected.map_or("another node".to_string(), |e| e.to_string())
+            )));
+        }
         let nonce_l = &value[8..8 + NONCE_BYTES];
         mac(secret, ROLE_LISTENER, me, listener, &nonce_d, nonce_l)
             .verify_slice(&value[8 + NONCE_BYTES..])

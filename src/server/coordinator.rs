@@ -18,10 +18,11 @@ use futures::channel::oneshot;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::server::hints::unix_ms;
+use crate::server::link::LinkError;
 use crate::server::shard::{engine_failure, Op, Outcome, RequestOptions, Shard};
 use dynkv::cluster::replica::{coordinate, WriteContext};
 use dynkv::cluster::{GetPlan, GetRound, PutPlan, PutRound, Quorum, QuorumError, Send};
-use dynkv::object::{decode_context, decode_object, object_bytes};
+use dynkv::object::{decode_object, object_bytes};
 use dynkv::version::{Clock, Sibling, VersionError};
 
 /// Header flag on Put and Delete: supersede whatever the coordinator holds
@@ -40,6 +41,7 @@ fn version_failure(err: VersionError) -> Outcome {
     let status = match err {
         VersionError::TooManySiblings { .. } => Status::TooManySiblings,
         VersionError::ContextTooLarge { .. } => Status::ContextTooLarge,
+        VersionError::CounterExhausted { .. } => Status::BadRequest,
     };
     Outcome::failed(status, err.to_string())
 }
@@ -74,8 +76,8 @@ impl Shard {
                     let message = format!("value of {} bytes exceeds {}", value.len(), self.config.value_max_bytes);
                     return Outcome::failed(Status::ValueTooLarge, message);
                 }
-                let write_context = match decode_context(context) {
-                    Err(err) => return Outcome::failed(Status::BadRequest, format!("bad context: {err}")),
+                let write_context = match self.seal.open(context) {
+                    Err(message) => return Outcome::failed(Status::BadRequest, message),
                     Ok(_) if options.supersede_local => WriteContext::Local,
                     Ok(Some(vv)) => WriteContext::Given(vv),
                     // A delete without a context removes what the
@@ -108,11 +110,24 @@ impl Shard {
                 Ok(clock) => clock,
                 Err(outcome) => return outcome,
             };
-            let object = match coordinate(&local, &context, self.me, sibling, self.limits) {
+            let object = match coordinate(&local, &context, self.actor, sibling, self.limits) {
                 Ok(object) => object,
                 Err(err) => return version_failure(err),
             };
-            let staged = match self.engine.put_staged(partition, key, &object_bytes(&object)).await {
+            let bytes = object_bytes(&object);
+            // Half the stored limit, so that the merge of two replicas'
+            // diverged versions still fits.
+            let limit = self.config.object_max_bytes() / 2;
+            if bytes.len() > limit {
+                let message = format!(
+                    "the key's {} siblings with this value take {} bytes, more than {limit}; read the key and \
+                     write back with its context to resolve them",
+                    object.sibling_count(),
+                    bytes.len()
+                );
+                return Outcome::failed(Status::ValueTooLarge, message);
+            }
+            let staged = match self.engine.put_staged(partition, key, &bytes).await {
                 Ok(staged) => staged,
                 Err(err) => return engine_failure(err),
             };
@@ -123,6 +138,10 @@ impl Shard {
             object
         };
         let view = self.view();
+        if view.primaries(partition).len() == 1 {
+            // The only replica: the local write was the whole round.
+            return Outcome::Done;
+        }
         let Some(pref) = view.preference(partition, |n| self.links.is_down(n)) else {
             return Outcome::failed(Status::Unavailable, "cluster is forming");
         };
@@ -232,6 +251,13 @@ impl Shard {
 
     async fn coordinate_get(self: &Rc<Self>, partition: u32, key: &[u8], options: RequestOptions) -> Outcome {
         let view = self.view();
+        if view.primaries(partition).len() == 1 {
+            // The only replica is this shard: no round, no repair.
+            return match self.read_local(partition, key).await {
+                Ok(clock) => Outcome::Object(Box::new(clock)),
+                Err(outcome) => outcome,
+            };
+        }
         let Some(pref) = view.preference(partition, |n| self.links.is_down(n)) else {
             return Outcome::failed(Status::Unavailable, "cluster is forming");
         };
@@ -374,16 +400,33 @@ impl Shard {
             timeout_ms: timeout.as_millis() as u32,
             ..Head::request(opcode, 0)
         };
+        let deadline = std::time::Instant::now() + timeout;
         let mut last = String::from("no primary");
         for owner in view.primaries(partition) {
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
             let addr = view.internode_addr(owner.node, owner.shard);
             let reply = self
                 .links
-                .call(owner.node, owner.shard, addr, head, (key, context, value), timeout)
+                .call(owner.node, owner.shard, addr, head, (key, context, value), remaining)
                 .await;
             match reply {
+                // Another view of ownership: nothing was done, try the next.
+                Ok(r) if r.status == Status::NotPrimary as u8 => {
+                    last = String::from_utf8_lossy(&r.value).into_owned();
+                }
                 Ok(r) => return relayed(op, r),
-                Err(err) => last = err.to_string(),
+                // Not sent at all: safe to try the next primary.
+                Err(err @ (LinkError::Down { .. } | LinkError::NoAddress { .. })) => last = err.to_string(),
+                // Sent, fate unknown: a read may ask elsewhere, but a write
+                // retried elsewhere could be applied twice (a blind write
+                // would then show up as two siblings).
+                Err(err) if op == Op::Get => last = err.to_string(),
+                Err(err) => {
+                    return Outcome::failed(Status::Timeout, format!("the coordinator did not answer: {err}"));
+                }
             }
         }
         Outcome::failed(

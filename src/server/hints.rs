@@ -23,8 +23,8 @@ use dynkv_engine::Engine;
 use dynkv_ring::NodeId;
 
 use crate::server::key_locks::KeyLocks;
-use crate::server::shard::Shard;
-use dynkv::object::{decode_object, object_bytes};
+use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
+use dynkv::object::{decode_object, object_bytes, CLOCK_NODES_MAX, OBJECT_SIBLINGS_MAX};
 use dynkv::version::Clock;
 
 /// Counters an operator watches.
@@ -42,6 +42,9 @@ pub(crate) struct HintStore {
     bytes_max: u64,
     pub(crate) age_max_ms: u64,
     pub(crate) counters: HintCounters,
+    /// Where the next delivery pass starts, so hints that keep failing at
+    /// the front cannot starve the rest.
+    next_partition: Cell<u32>,
 }
 
 /// One stored hint, as delivery sees it.
@@ -82,6 +85,7 @@ impl HintStore {
             bytes_max,
             age_max_ms,
             counters: HintCounters::default(),
+            next_partition: Cell::new(0),
         }
     }
 
@@ -121,6 +125,12 @@ impl HintStore {
         let hkey = hint_key(target, key);
         let _guard = self.locks.lock(&hkey).await;
         let merged = self.read(target, partition, key).await?.sync(object);
+        if !merged.fits(CLOCK_NODES_MAX, OBJECT_SIBLINGS_MAX) {
+            return Err(format!(
+                "the hint would hold {} siblings, past the limit {OBJECT_SIBLINGS_MAX}",
+                merged.sibling_count()
+            ));
+        }
         let mut value = Vec::with_capacity(8 + 64);
         value.extend_from_slice(&unix_ms().to_le_bytes());
         value.extend_from_slice(&object_bytes(&merged));
@@ -135,11 +145,16 @@ impl HintStore {
         Ok(())
     }
 
-    /// Up to `max` hints, in partition and key order, skipping those for
-    /// targets `skip` names.
+    /// Up to `max` hints, skipping those for targets `skip` names. Each call
+    /// starts at the partition after where the last one stopped.
     pub(crate) async fn batch(&self, max: usize, skip: impl Fn(NodeId) -> bool) -> Vec<Hint> {
         let mut hints = Vec::new();
-        for partition in self.engine.partition_ids() {
+        let mut partitions = self.engine.partition_ids();
+        partitions.sort_unstable();
+        let start = partitions.partition_point(|p| *p < self.next_partition.get());
+        partitions.rotate_left(start);
+        for partition in partitions {
+            self.next_partition.set(partition.wrapping_add(1));
             for info in self.engine.partition_keys(partition) {
                 if hints.len() >= max {
                     return hints;
@@ -226,8 +241,8 @@ pub(crate) async fn handoff_loop(shard: Rc<Shard>) {
     }
 }
 
-/// Delivers (or expires) one hint.
-async fn deliver(shard: &Shard, hint: &Hint) {
+/// Delivers (or expires) one hint. Returns false if its target failed.
+async fn deliver(shard: &Rc<Shard>, hint: &Hint) -> bool {
     let hints = &shard.hints;
     let age_ms = unix_ms().saturating_sub(hint.stored_unix_ms);
     if age_ms > hints.age_max_ms {
@@ -240,22 +255,43 @@ async fn deliver(shard: &Shard, hint: &Hint) {
                 hints.age_max_ms
             );
         }
-        return;
+        return true;
     }
-    let send = dynkv::cluster::Send {
-        to: hint.target,
-        hint_for: None,
+    let view = shard.view();
+    let primaries: Vec<NodeId> = view.primaries(hint.partition).iter().map(|o| o.node).collect();
+    // Normally the hint goes to the primary it names. If ownership moved
+    // and that node is no longer a primary, every current primary gets it.
+    let targets = if primaries.is_empty() || primaries.contains(&hint.target) {
+        vec![hint.target]
+    } else {
+        primaries
     };
-    if shard
-        .replica_put(send, hint.partition, &hint.key, hint.object())
-        .await
-        .1
-    {
-        match hints.remove_if_unchanged(hint).await {
-            Ok(true) => hints.counters.delivered.set(hints.counters.delivered.get() + 1),
-            // A newer version joined the hint; the next pass sends it.
-            Ok(false) => {}
-            Err(err) => tracing::warn!("cannot delete a delivered hint: {err}"),
+    for target in targets {
+        let delivered = if target == shard.me {
+            // This node's owning shard (perhaps another one) merges it.
+            let outcome = shard
+                .execute(Op::ReplicaPut, &hint.key, &[], hint.object(), RequestOptions::default())
+                .await;
+            matches!(outcome, Outcome::Done)
+        } else {
+            let send = dynkv::cluster::Send {
+                to: target,
+                hint_for: None,
+            };
+            shard
+                .replica_put(send, hint.partition, &hint.key, hint.object())
+                .await
+                .1
+        };
+        if !delivered {
+            return false;
         }
     }
+    match hints.remove_if_unchanged(hint).await {
+        Ok(true) => hints.counters.delivered.set(hints.counters.delivered.get() + 1),
+        // A newer version joined the hint; the next pass sends it.
+        Ok(false) => {}
+        Err(err) => tracing::warn!("cannot delete a delivered hint: {err}"),
+    }
+    true
 }

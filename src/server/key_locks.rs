@@ -2,6 +2,9 @@
 //! key's version (a replica must not merge two incoming versions from the
 //! same stale read). Shard-local and lock-free in the thread sense: a map of
 //! wait queues in a `RefCell`; waiters are handed the key in FIFO order.
+//!
+//! Keys are held by their 64-bit hash, so taking a lock allocates nothing;
+//! two keys that collide merely wait for each other.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -10,20 +13,20 @@ use futures::channel::oneshot;
 
 #[derive(Default)]
 pub(crate) struct KeyLocks {
-    held: RefCell<HashMap<Vec<u8>, VecDeque<oneshot::Sender<()>>>>,
+    held: RefCell<HashMap<u64, VecDeque<oneshot::Sender<()>>, foldhash::fast::FixedState>>,
 }
 
 /// Holds a key until dropped.
 pub(crate) struct KeyGuard<'a> {
     locks: &'a KeyLocks,
-    key: Vec<u8>,
+    key: u64,
 }
 
 /// A queued waiter. If its future is dropped after the key was handed to
 /// it but before it ran, the key is passed on instead of leaking.
 struct Waiter<'a> {
     locks: &'a KeyLocks,
-    key: Vec<u8>,
+    key: u64,
     rx: Option<oneshot::Receiver<()>>,
 }
 
@@ -31,7 +34,7 @@ impl Drop for Waiter<'_> {
     fn drop(&mut self) {
         if let Some(mut rx) = self.rx.take() {
             if let Ok(Some(())) = rx.try_recv() {
-                self.locks.release(&self.key);
+                self.locks.release(self.key);
             }
         }
     }
@@ -40,11 +43,12 @@ impl Drop for Waiter<'_> {
 impl KeyLocks {
     /// Waits until no one else holds `key`, then holds it.
     pub(crate) async fn lock(&self, key: &[u8]) -> KeyGuard<'_> {
+        let key = xxhash_rust::xxh3::xxh3_64(key);
         let rx = {
             let mut held = self.held.borrow_mut();
-            match held.get_mut(key) {
+            match held.get_mut(&key) {
                 None => {
-                    held.insert(key.to_vec(), VecDeque::new());
+                    held.insert(key, VecDeque::new());
                     None
                 }
                 Some(queue) => {
@@ -57,7 +61,7 @@ impl KeyLocks {
         if let Some(rx) = rx {
             let mut waiter = Waiter {
                 locks: self,
-                key: key.to_vec(),
+                key,
                 rx: Some(rx),
             };
             let handed = waiter.rx.as_mut().expect("set above").await;
@@ -67,33 +71,30 @@ impl KeyLocks {
                 "a queued waiter is always handed the key or the map outlives it"
             );
         }
-        KeyGuard {
-            locks: self,
-            key: key.to_vec(),
-        }
+        KeyGuard { locks: self, key }
     }
 
     /// Hands `key` to the next live waiter, or frees it.
-    fn release(&self, key: &[u8]) {
+    fn release(&self, key: u64) {
         let mut held = self.held.borrow_mut();
-        let queue = held.get_mut(key).expect("a released key is held");
+        let queue = held.get_mut(&key).expect("a released key is held");
         while let Some(next) = queue.pop_front() {
             if next.send(()).is_ok() {
                 return;
             }
         }
-        held.remove(key);
+        held.remove(&key);
     }
 
     #[cfg(test)]
     fn is_held(&self, key: &[u8]) -> bool {
-        self.held.borrow().contains_key(key)
+        self.held.borrow().contains_key(&xxhash_rust::xxh3::xxh3_64(key))
     }
 }
 
 impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
-        self.locks.release(&self.key);
+        self.locks.release(self.key);
     }
 }
 

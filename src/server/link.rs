@@ -167,12 +167,9 @@ impl Links {
             .await
             .map_err(|e| format!("connect to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let found = auth::dial(&mut stream, &self.secret, self.me, connect_timeout)
+        auth::dial(&mut stream, &self.secret, self.me, Some(node), connect_timeout)
             .await
             .map_err(|e| format!("handshake with {addr}: {e}"))?;
-        if found != node {
-            return Err(format!("{addr} is node {found}, not {node}"));
-        }
         let options = ClientOptions {
             timeout,
             connect_timeout,

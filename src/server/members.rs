@@ -137,7 +137,7 @@ impl Members {
         let mut stream = TcpStream::connect_timeout(addr, timeout)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        auth::dial(&mut stream, &self.secret, self.me, timeout)
+        auth::dial(&mut stream, &self.secret, self.me, None, timeout)
             .await
             .map_err(|e| e.to_string())?;
         let conn = Connection::from_stream(stream, addr, &ClientOptions::default());

@@ -178,6 +178,20 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
     }
     metric(
         &mut out,
+        "dynkv_cluster_members",
+        "gauge",
+        "Nodes in the membership this shard sees.",
+        &mut reports.iter().map(|r| (shard(r), r.members)),
+    );
+    metric(
+        &mut out,
+        "dynkv_cluster_ready",
+        "gauge",
+        "1 once every configured peer was heard from and partitions are placed; 0 while forming.",
+        &mut reports.iter().map(|r| (shard(r), u64::from(r.ready))),
+    );
+    metric(
+        &mut out,
         "dynkv_connections",
         "gauge",
         "Open client connections.",

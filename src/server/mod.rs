@@ -2,7 +2,9 @@
 //! native-protocol port, a share of the RESP port (SO_REUSEPORT), and
 //! channels to every other shard. Shard 0 also serves metrics.
 
+mod actor;
 mod auth;
+mod context_seal;
 mod coordinator;
 mod hints;
 mod host;
@@ -86,6 +88,7 @@ pub(crate) fn run(config: ServeConfig) -> Result<(), String> {
     let me = identity::load_or_create(&config.data_dir, config.node_id)?;
     let q = PartitionCount::default();
     let members = members::Members::open(&config, me, q)?;
+    let seal = context_seal::ContextSeal::new(&config.cluster_secret, &config.data_dir)?;
     let view = Arc::new(members.view()?);
     if let Some(table) = &view.table {
         if table.replicas_short() > 0 {
@@ -104,6 +107,7 @@ pub(crate) fn run(config: ServeConfig) -> Result<(), String> {
     let handles: Vec<_> = (0..config.shards)
         .map(|id| {
             let (config, view, mesh, open) = (config.clone(), view.clone(), mesh.clone(), open_connections.clone());
+            let seal = seal.clone();
             let members = if id == 0 { members.take() } else { None };
             let placement = if config.shards <= cores {
                 Placement::Fixed(id)
@@ -116,6 +120,7 @@ pub(crate) fn run(config: ServeConfig) -> Result<(), String> {
                     let boot = Boot {
                         id,
                         me,
+                        seal,
                         config,
                         q,
                         view,
@@ -152,6 +157,7 @@ pub(crate) fn run(config: ServeConfig) -> Result<(), String> {
 struct Boot {
     id: usize,
     me: NodeId,
+    seal: context_seal::ContextSeal,
     config: ServeConfig,
     q: PartitionCount,
     view: Arc<ClusterView>,
@@ -166,14 +172,24 @@ async fn shard_main(
     let Boot {
         id,
         me,
+        seal,
         config,
         q,
         view,
         members,
     } = boot;
+    let engine_dir = config.engine_config(id).dir;
     let engine = Engine::open(config.engine_config(id))
         .await
         .map_err(|e| e.to_string())?;
+    let sync_always = config.sync_always();
+    let actor = match actor::open(&engine_dir, sync_always) {
+        Ok(actor) => actor,
+        Err(err) => {
+            let _ = engine.close().await;
+            return Err(err);
+        }
+    };
     let hint_engine = match Engine::open(config.hint_engine_config(id)).await {
         Ok(engine) => engine,
         Err(err) => {
@@ -208,6 +224,8 @@ async fn shard_main(
     let shard = Rc::new(Shard::new(ShardParts {
         id,
         me,
+        actor,
+        seal,
         engine,
         hints,
         config: config.clone(),
@@ -263,6 +281,7 @@ async fn shard_main(
         .close()
         .await
         .map_err(|e| format!("closing the engine: {e}"))?;
+    actor::mark_clean(&engine_dir)?;
     hints_closed.map_err(|e| format!("closing the hint store: {e}"))
 }
 

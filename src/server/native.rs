@@ -21,7 +21,7 @@ use crate::server::auth;
 use crate::server::coordinator::FLAG_SUPERSEDE_LOCAL;
 use crate::server::recv::{RecvBuf, READ_CHUNK_BYTES};
 use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
-use dynkv::object::{context_bytes, object_bytes};
+use dynkv::object::object_bytes;
 
 /// Section limits on a client port: generous enough to answer an oversized
 /// key or value with a status, small enough to bound the buffer.
@@ -45,7 +45,7 @@ pub(crate) enum Port {
 }
 
 /// Encodes the response to `frame` for `outcome`.
-fn respond(out: &mut Vec<u8>, frame: &Frame<'_>, outcome: Outcome, port: Port) {
+fn respond(shard: &Shard, out: &mut Vec<u8>, frame: &Frame<'_>, outcome: Outcome, port: Port) {
     let (opcode, id) = (frame.header.opcode, frame.header.request_id);
     match outcome {
         Outcome::Done => encode(out, &Head::response(opcode, id, Status::Ok), &[], &[], &[]),
@@ -62,7 +62,7 @@ fn respond(out: &mut Vec<u8>, frame: &Frame<'_>, outcome: Outcome, port: Port) {
             let context = if clock.is_empty() {
                 Vec::new()
             } else {
-                context_bytes(&clock.context())
+                shard.seal.seal(&clock.context())
             };
             if clock.is_deleted() {
                 // Absent, but the context lets a later put supersede the
@@ -173,7 +173,7 @@ async fn handle(shard: &Rc<Shard>, frame: &Frame<'_>, out: &RefCell<Vec<u8>>, po
         Err(message) => return reply(out, frame, Status::BadRequest, message.as_bytes()),
     };
     let outcome = shard.execute(op, frame.key, frame.context, frame.value, options).await;
-    respond(&mut out.borrow_mut(), frame, outcome, port);
+    respond(shard, &mut out.borrow_mut(), frame, outcome, port);
 }
 
 /// A peer's membership exchange: merge theirs, answer with ours.
@@ -194,12 +194,78 @@ async fn gossip(shard: &Rc<Shard>, frame: &Frame<'_>, out: &RefCell<Vec<u8>>) {
 pub(crate) async fn serve_internode(shard: Rc<Shard>, mut stream: TcpStream) {
     let timeout = std::time::Duration::from_secs(5);
     match auth::accept(&mut stream, shard.config.cluster_secret.as_bytes(), shard.me, timeout).await {
-        Ok(_) => serve(shard, stream, Port::Internode).await,
+        Ok(_) => serve_peer(shard, stream).await,
         Err(err) => {
             let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
             tracing::warn!(shard = shard.id, %peer, "refused an internode connection: {err}");
         }
     }
+}
+
+/// Requests in flight on one internode connection before it stops reading.
+const PEER_INFLIGHT_MAX: usize = 4096;
+
+/// Serves an authenticated internode connection. Unlike a client
+/// connection, every frame runs as its own task and its response leaves as
+/// soon as it is ready: a forwarded client request waiting for its quorum
+/// must never hold back the replica traffic behind it, or two nodes
+/// forwarding to each other could wait on each other until their timeouts.
+async fn serve_peer(shard: Rc<Shard>, stream: TcpStream) {
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let outbox = Rc::new(RefCell::new(Vec::<u8>::with_capacity(READ_CHUNK_BYTES)));
+    let (doorbell, ring) = glommio::channels::local_channel::new_bounded::<()>(1);
+    let flusher = {
+        let outbox = outbox.clone();
+        glommio::spawn_local(async move {
+            while ring.recv().await.is_some() {
+                let pending = std::mem::take(&mut *outbox.borrow_mut());
+                if !pending.is_empty() && writer.write_all(&pending).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let permits = Rc::new(glommio::sync::Semaphore::new(PEER_INFLIGHT_MAX as u64));
+    let doorbell = Rc::new(doorbell);
+    let mut buf = RecvBuf::new();
+    'read: loop {
+        let mut consumed = 0;
+        loop {
+            match decode(&buf.data()[consumed..], &FrameLimits::DEFAULT) {
+                Ok(Decoded::Frame(_, used)) => {
+                    let Ok(permit) = permits.acquire_static_permit(1).await else {
+                        break 'read;
+                    };
+                    let raw = buf.data()[consumed..consumed + used].to_vec();
+                    consumed += used;
+                    let (shard, outbox, doorbell) = (shard.clone(), outbox.clone(), doorbell.clone());
+                    glommio::spawn_local(async move {
+                        let Ok(Decoded::Frame(frame, _)) = decode(&raw, &FrameLimits::DEFAULT) else {
+                            unreachable!("the frame decoded once already")
+                        };
+                        handle(&shard, &frame, &outbox, Port::Internode).await;
+                        // A full doorbell means the flusher will run anyway.
+                        let _ = doorbell.try_send(());
+                        drop(permit);
+                    })
+                    .detach();
+                }
+                Ok(Decoded::NeedBytes(_)) => break,
+                Err(err) => {
+                    tracing::debug!(shard = shard.id, "closing an internode connection: {err}");
+                    break 'read;
+                }
+            }
+        }
+        buf.consume(consumed);
+        if !buf.read_unless_stopping(&mut reader, &shard.stopping).await {
+            break;
+        }
+    }
+    // Let the requests already read finish and their answers leave.
+    let _ = permits.acquire(PEER_INFLIGHT_MAX as u64).await;
+    drop(doorbell);
+    flusher.await;
 }
 
 /// Serves a client connection.

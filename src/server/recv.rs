@@ -1,7 +1,6 @@
 //! Socket reads into a growing buffer without re-zeroing it.
 
-use futures_lite::AsyncReadExt;
-use glommio::net::TcpStream;
+use futures_lite::{AsyncRead, AsyncReadExt};
 
 use crate::server::shutdown::Gate;
 
@@ -37,7 +36,11 @@ impl RecvBuf {
     /// Reads once from `stream`, unless the node starts shutting down first.
     /// Returns false when the connection should end (end of stream, an
     /// error, or shutdown).
-    pub(crate) async fn read_unless_stopping(&mut self, stream: &mut TcpStream, stopping: &Gate) -> bool {
+    pub(crate) async fn read_unless_stopping(
+        &mut self,
+        stream: &mut (impl AsyncRead + Unpin),
+        stopping: &Gate,
+    ) -> bool {
         let read = futures_lite::future::or(async { Some(self.read_from(stream).await) }, async {
             stopping.closed().await;
             None
@@ -47,7 +50,7 @@ impl RecvBuf {
     }
 
     /// Reads once from `stream`. Returns the bytes read (0 at end of stream).
-    async fn read_from(&mut self, stream: &mut TcpStream) -> std::io::Result<usize> {
+    async fn read_from(&mut self, stream: &mut (impl AsyncRead + Unpin)) -> std::io::Result<usize> {
         if self.bytes.len() - self.len < READ_CHUNK_BYTES / 4 {
             self.bytes.resize(self.bytes.len() + READ_CHUNK_BYTES, 0);
         }

@@ -7,7 +7,7 @@ use dynkv_net::Status;
 
 use crate::server::shard::{engine_failure, Op, Outcome, RequestOptions, Shard};
 use dynkv::cluster::replica::absorb;
-use dynkv::object::{decode_object, object_bytes};
+use dynkv::object::{decode_object, object_bytes, CLOCK_NODES_MAX, OBJECT_SIBLINGS_MAX};
 use dynkv::version::Clock;
 
 impl Shard {
@@ -46,6 +46,22 @@ impl Shard {
         }
     }
 
+    /// Refuses (and logs) a merged version past the codec's bounds, which
+    /// only diverged replicas with many large siblings can reach.
+    pub(crate) fn check_object(&self, object: &Clock) -> Result<(), Outcome> {
+        if object.fits(CLOCK_NODES_MAX, OBJECT_SIBLINGS_MAX) {
+            return Ok(());
+        }
+        let message = format!(
+            "a merged version would hold {} siblings from {} writers, past the limits ({OBJECT_SIBLINGS_MAX}, \
+             {CLOCK_NODES_MAX}); read the key and write it back with the context to resolve its siblings",
+            object.sibling_count(),
+            object.node_count()
+        );
+        tracing::warn!("{message}");
+        Err(Outcome::failed(Status::TooManySiblings, message))
+    }
+
     /// Merges `incoming` into this shard's version of `key`; durable (per
     /// the sync mode) when it returns `Done`.
     pub(crate) async fn absorb_local(&self, partition: u32, key: &[u8], incoming: &Clock) -> Outcome {
@@ -54,11 +70,17 @@ impl Shard {
             Ok(clock) => clock,
             Err(outcome) => return outcome,
         };
-        let Some(merged) = absorb(&local, incoming) else {
+        let merged = absorb(&local, incoming);
+        if let Some(merged) = &merged {
+            if let Err(outcome) = self.check_object(merged) {
+                return outcome;
+            }
+        }
+        let Some(merged) = merged else {
             drop(guard);
             // Already known, but perhaps only staged by a write still
             // waiting for its sync: the ack must not promise more than disk.
-            if self.config.sync == "always" {
+            if self.sync_always {
                 if let Err(err) = self.engine.sync().await {
                     return engine_failure(err);
                 }

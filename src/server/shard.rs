@@ -23,6 +23,7 @@ use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
 use crate::config::ServeConfig;
+use crate::server::context_seal::ContextSeal;
 use crate::server::hints::HintStore;
 use crate::server::key_locks::KeyLocks;
 use crate::server::link::Links;
@@ -90,6 +91,10 @@ pub(crate) struct ShardReport {
     pub(crate) engine: EngineStats,
     pub(crate) counters: crate::server::metrics::CountersSnapshot,
     pub(crate) hints: crate::server::metrics::HintSnapshot,
+    /// Nodes in this shard's view of the membership, and whether the
+    /// partition table is placed (false while forming).
+    pub(crate) members: u64,
+    pub(crate) ready: bool,
 }
 
 /// A request forwarded from another shard of this node.
@@ -122,12 +127,17 @@ pub(crate) fn engine_failure(err: EngineError) -> Outcome {
 pub(crate) struct Shard {
     pub(crate) id: usize,
     pub(crate) me: NodeId,
+    /// The writer id this shard stamps on versions (see `actor.rs`).
+    pub(crate) actor: NodeId,
+    pub(crate) seal: ContextSeal,
+    /// The engine makes every acknowledged write durable before the ack.
+    pub(crate) sync_always: bool,
     pub(crate) engine: Engine,
     pub(crate) hints: HintStore,
     pub(crate) config: ServeConfig,
     pub(crate) q: PartitionCount,
     pub(crate) limits: VersionLimits,
-    view: RefCell<Arc<ClusterView>>,
+    view: RefCell<Rc<ClusterView>>,
     senders: Senders<ShardMsg>,
     pub(crate) links: Links,
     /// Serializes read-modify-write of one key on this shard.
@@ -146,6 +156,8 @@ pub(crate) struct Shard {
 pub(crate) struct ShardParts {
     pub(crate) id: usize,
     pub(crate) me: NodeId,
+    pub(crate) actor: NodeId,
+    pub(crate) seal: ContextSeal,
     pub(crate) engine: Engine,
     pub(crate) hints: HintStore,
     pub(crate) config: ServeConfig,
@@ -161,16 +173,20 @@ impl Shard {
             siblings_max: parts.config.siblings_max,
             ..VersionLimits::default()
         };
+        let sync_always = parts.config.sync_always();
         Shard {
             id: parts.id,
             me: parts.me,
+            actor: parts.actor,
+            seal: parts.seal,
+            sync_always,
             engine: parts.engine,
             hints: parts.hints,
             links: Links::new(parts.me, &parts.config.cluster_secret),
             config: parts.config,
             q: parts.q,
             limits,
-            view: RefCell::new(parts.view),
+            view: RefCell::new(Rc::new((*parts.view).clone())),
             senders: parts.senders,
             key_locks: KeyLocks::default(),
             counters: ShardCounters::default(),
@@ -182,12 +198,13 @@ impl Shard {
     }
 
     /// The current cluster view.
-    pub(crate) fn view(&self) -> Arc<ClusterView> {
+    pub(crate) fn view(&self) -> Rc<ClusterView> {
         self.view.borrow().clone()
     }
 
-    pub(crate) fn set_view(&self, view: Arc<ClusterView>) {
-        *self.view.borrow_mut() = view;
+    /// Installs a view received from shard 0, as this shard's own copy.
+    pub(crate) fn set_view(&self, view: &ClusterView) {
+        *self.view.borrow_mut() = Rc::new(view.clone());
     }
 
     /// Monotonic milliseconds, the clock of the coordinator state machines.
@@ -252,7 +269,7 @@ impl Shard {
                 self.forward(usize::from(shard), op, key, context, value, options).await
             }
             None if matches!(op, Op::ReplicaGet | Op::ReplicaPut) || options.from_peer => Outcome::failed(
-                Status::Unavailable,
+                Status::NotPrimary,
                 format!("node {} is not a primary of partition {partition}", self.me),
             ),
             None => {
@@ -318,6 +335,8 @@ impl Shard {
                 dropped_full: h.dropped_full.get(),
                 expired: h.expired.get(),
             },
+            members: self.view().membership.records().count() as u64,
+            ready: self.view().table.is_some(),
         }
     }
 
@@ -336,7 +355,7 @@ impl Shard {
 
     /// Sends a new view to every other shard.
     pub(crate) async fn broadcast_view(&self, view: Arc<ClusterView>) {
-        self.set_view(view.clone());
+        self.set_view(&view);
         for peer in (0..self.senders.nr_consumers()).filter(|&s| s != self.id) {
             let _ = self.senders.send_to(peer, ShardMsg::View(view.clone())).await;
         }
@@ -349,7 +368,7 @@ impl Shard {
             glommio::spawn_local(async move {
                 while let Some(msg) = receiver.recv().await {
                     match msg {
-                        ShardMsg::View(view) => shard.set_view(view),
+                        ShardMsg::View(view) => shard.set_view(&view),
                         ShardMsg::Request(req) => {
                             let shard = shard.clone();
                             glommio::spawn_local(async move {

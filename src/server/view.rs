@@ -1,7 +1,8 @@
 //! What a shard knows about the cluster: the membership, and the partition
 //! table computed from it. Shard 0 builds a new view whenever membership
-//! changes and sends it to every shard, which swaps it in whole; requests
-//! read the current view without locks.
+//! changes and sends it to every shard, which keeps its own copy (an `Rc`,
+//! so no reference count is shared between cores) and swaps it in whole;
+//! requests read the current view without locks or atomics.
 //!
 //! The table is computed only once every configured peer has been heard
 //! from (directly, or through the membership kept in the data directory),
@@ -15,6 +16,7 @@ use dynkv_ring::{claim, Lifecycle, Membership, NodeId, Owner, PartitionCount, Pa
 /// Most fallbacks a preference list carries.
 const FALLBACKS_MAX: usize = 4;
 
+#[derive(Clone)]
 pub(crate) struct ClusterView {
     pub(crate) me: NodeId,
     pub(crate) membership: Membership,

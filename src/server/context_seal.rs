@@ -1,0 +1,110 @@
+//! Contexts are sealed before they leave for a client: the encoded version
+//! vector, then a 16-byte HMAC-SHA256 tag under a key every node of the
+//! cluster shares. A context is opaque to clients anyway; sealing means a
+//! forged or corrupted one is refused with a clear error instead of
+//! superseding writes its sender never saw or naming writers that do not
+//! exist (which would grow every later version of the key).
+//!
+//! The key is derived from the cluster secret; a node without one (a
+//! one-node cluster) keeps a random key in its data directory.
+
+use std::path::Path;
+
+use dynkv::object::{context_bytes, decode_context};
+use dynkv::version::VersionVector;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+const TAG_BYTES: usize = 16;
+const KEY_FILE: &str = "CONTEXT_KEY";
+
+#[derive(Clone)]
+pub(crate) struct ContextSeal {
+    key: Vec<u8>,
+}
+
+impl ContextSeal {
+    pub(crate) fn new(cluster_secret: &str, data_dir: &Path) -> Result<ContextSeal, String> {
+        if !cluster_secret.is_empty() {
+            let mut mac = Hmac::<Sha256>::new_from_slice(cluster_secret.as_bytes()).expect("any key length");
+            mac.update(b"dynkv-context-key-v1");
+            return Ok(ContextSeal {
+                key: mac.finalize().into_bytes().to_vec(),
+            });
+        }
+        let path = data_dir.join(KEY_FILE);
+        match std::fs::read(&path) {
+            Ok(key) if key.len() == 32 => Ok(ContextSeal { key }),
+            Ok(_) => Err(format!("{} is not a 32-byte key", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = vec![0u8; 32];
+                getrandom::fill(&mut key).map_err(|e| format!("no randomness for a context key: {e}"))?;
+                std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+                std::fs::write(&path, &key)
+                    .and_then(|()| std::fs::File::open(&path)?.sync_all())
+                    .map_err(|e| format!("cannot store {}: {e}", path.display()))?;
+                Ok(ContextSeal { key })
+            }
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    fn tag(&self, body: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(body);
+        mac
+    }
+
+    /// The context bytes a client gets.
+    pub(crate) fn seal(&self, context: &VersionVector) -> Vec<u8> {
+        let mut out = context_bytes(context);
+        let tag = self.tag(&out).finalize().into_bytes();
+        out.extend_from_slice(&tag[..TAG_BYTES]);
+        out
+    }
+
+    /// Checks and decodes a context a client sent back; empty means none.
+    pub(crate) fn open(&self, bytes: &[u8]) -> Result<Option<VersionVector>, String> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if bytes.len() < TAG_BYTES {
+            return Err("the context is truncated".into());
+        }
+        let (body, tag) = bytes.split_at(bytes.len() - TAG_BYTES);
+        self.tag(body)
+            .verify_truncated_left(tag)
+            .map_err(|_| "the context was not issued by this cluster (forged, corrupted, or from before a change of cluster secret); read the key again".to_string())?;
+        decode_context(body).map_err(|e| format!("bad context: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynkv_ring::NodeId;
+
+    #[test]
+    fn sealed_contexts_open_and_tampered_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let seal = ContextSeal::new("a-cluster-secret-of-some-length", dir.path()).unwrap();
+        let vv = VersionVector::from_pairs([(NodeId(7), 3)]);
+        let sealed = seal.seal(&vv);
+        assert_eq!(seal.open(&sealed).unwrap(), Some(vv));
+        assert_eq!(seal.open(&[]).unwrap(), None);
+        let mut forged = sealed.clone();
+        forged[5] ^= 1;
+        assert!(seal.open(&forged).unwrap_err().contains("not issued by this cluster"));
+        let other = ContextSeal::new("another-secret-entirely-here", dir.path()).unwrap();
+        assert!(other.open(&sealed).is_err());
+        // Without a secret, a node keeps its own key across restarts.
+        let alone = ContextSeal::new("", dir.path()).unwrap();
+        assert_eq!(
+            ContextSeal::new("", dir.path())
+                .unwrap()
+                .open(&alone.seal(&VersionVector::default()))
+                .unwrap(),
+            Some(VersionVector::default())
+        );
+    }
+}
