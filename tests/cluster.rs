@@ -20,16 +20,19 @@ const SECRET: &str = "test-cluster-secret-0123456789";
 const NODES: usize = 3;
 
 struct Cluster {
+    n: usize,
     dirs: Vec<tempfile::TempDir>,
     ports: Vec<Ports>,
     nodes: Vec<Option<Node>>,
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    /// Three nodes with `n` replicas per key (R = W = 2).
+    fn start(n: usize) -> Cluster {
         let ports: Vec<Ports> = (0..NODES).map(|_| free_ports()).collect();
         let dirs: Vec<tempfile::TempDir> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut cluster = Cluster {
+            n,
             dirs,
             ports,
             nodes: (0..NODES).map(|_| None).collect(),
@@ -48,7 +51,8 @@ impl Cluster {
             .filter(|&j| j != i)
             .map(|j| self.ports[j].internode_addr())
             .collect();
-        let mut args: Vec<String> = ["--n", "3", "--r", "2", "--w", "2", "--cluster-secret", secret]
+        let n = self.n.to_string();
+        let mut args: Vec<String> = ["--n", &n, "--r", "2", "--w", "2", "--cluster-secret", secret]
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -131,7 +135,7 @@ fn value_of(key: &str) -> Vec<u8> {
 
 #[test]
 fn writes_survive_a_killed_node_and_hinted_handoff_brings_it_up_to_date() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(3);
     let addrs: Vec<_> = (0..NODES).map(|i| cluster.node(i).addr()).collect();
     // Concurrent writers, one per node.
     let before: Vec<String> = (0..NODES)
@@ -218,9 +222,11 @@ fn redis(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// With N = 2 of 3 nodes, every key has a node that is not a primary: it
+/// forwards, and fallbacks exist for sloppy quorum.
 #[test]
 fn concurrent_writes_make_siblings_that_a_context_resolves_and_strangers_are_kept_out() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(2);
     let (a, b) = (cluster.node(0).addr(), cluster.node(1).addr());
     run(async move {
         let one = Client::connect(a, client_options()).await.unwrap();
@@ -291,5 +297,40 @@ fn concurrent_writes_make_siblings_that_a_context_resolves_and_strangers_are_kep
         cluster.node(0).log()
     );
     assert!(stranger.terminate().success());
+    // Sloppy quorum: with node 2 down, a key it owns is written to its other
+    // primary and a fallback holding a hint, and handed off when it returns.
+    cluster.nodes[2].take().unwrap().kill();
+    let keys: Vec<String> = (0..40).map(|i| format!("sloppy-{i}")).collect();
+    run({
+        let keys = keys.clone();
+        async move {
+            let client = Client::connect(a, client_options()).await.unwrap();
+            for key in &keys {
+                client.put(key.as_bytes(), &value_of(key), None).await.unwrap();
+            }
+            for key in &keys {
+                assert_eq!(client.get(key.as_bytes()).await.unwrap().values, vec![value_of(key)]);
+            }
+        }
+    });
+    let hinted: u64 = (0..2).map(|i| cluster.metric(i, "dynkv_hints_stored_total")).sum();
+    assert!(hinted > 0, "writes for node 2 left hints");
+    cluster.spawn(2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (0..3).map(|i| cluster.metric(i, "dynkv_hints_pending")).sum::<u64>() > 0 {
+        assert!(Instant::now() < deadline, "hints were not handed off within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let c = cluster.node(2).addr();
+    run(async move {
+        let client = Client::connect(c, client_options()).await.unwrap();
+        for key in &keys {
+            assert_eq!(
+                client.get(key.as_bytes()).await.unwrap().values,
+                vec![value_of(key)],
+                "{key}"
+            );
+        }
+    });
     cluster.stop_all();
 }

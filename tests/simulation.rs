@@ -62,9 +62,10 @@ enum Body {
         key: u64,
         hint_for: Option<NodeId>,
     },
+    /// `None`: the read failed (the replica was down: a refused connection).
     ReadReply {
         round: u64,
-        clock: Clock,
+        clock: Option<Clock>,
     },
 }
 
@@ -294,6 +295,12 @@ impl Sim {
     fn deliver(&mut self, env: Envelope) {
         let at = node_index(env.to);
         if !self.nodes[at].up {
+            // A crashed node refuses connections: the sender learns it.
+            match env.body {
+                Body::Write { round, .. } => self.send(env.to, env.from, Body::WriteAck { round, ok: false }),
+                Body::Read { round, .. } => self.send(env.to, env.from, Body::ReadReply { round, clock: None }),
+                Body::WriteAck { .. } | Body::ReadReply { .. } => {}
+            }
             return;
         }
         match env.body {
@@ -325,14 +332,23 @@ impl Sim {
                     Some(primary) => node.hints.get(&(primary, key)),
                     None => node.store.get(&key),
                 };
-                let clock = clock.cloned().unwrap_or_default();
+                let clock = Some(clock.cloned().unwrap_or_default());
                 self.send(env.to, env.from, Body::ReadReply { round, clock });
             }
             Body::WriteAck { round, ok } => self.on_write_ack(env.to, env.from, round, ok),
             Body::ReadReply { round, clock } => {
                 let now = self.now_ms;
-                if let Some((Round::Get { round: get, .. }, _)) = self.nodes[at].rounds.get_mut(&round) {
-                    get.handle_reply(env.from, Some(clock), now);
+                let mut fallback = None;
+                if let Some((Round::Get { round: get, key, .. }, _)) = self.nodes[at].rounds.get_mut(&round) {
+                    fallback = get.handle_reply(env.from, clock, now).map(|s| (s, *key));
+                }
+                if let Some((send, key)) = fallback {
+                    let body = Body::Read {
+                        round,
+                        key,
+                        hint_for: send.hint_for,
+                    };
+                    self.send(env.to, send.to, body);
                 }
                 self.settle(env.to, round);
             }
@@ -569,6 +585,7 @@ impl Sim {
         let coordinator = up[self.rng.random_range(0..up.len())];
         let plan = GetPlan {
             targets: primaries.iter().map(|p| Send { to: *p, hint_for: None }).collect(),
+            fallbacks: self.preference(key).fallbacks.iter().map(|o| o.node).collect(),
             quorum: Quorum { total: r, primaries: 0 },
             timeout_ms: REQUEST_TIMEOUT_MS,
         };

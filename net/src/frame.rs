@@ -21,7 +21,10 @@ pub const FRAME_HEADER_BYTES: usize = std::mem::size_of::<FrameHeader>();
 
 /// Flag: the frame is a response (its `request_id` names the request).
 pub const FLAG_RESPONSE: u8 = 0b0000_0001;
-const FLAGS_KNOWN: u8 = FLAG_RESPONSE;
+/// Flag on Put and Delete: supersede whatever the coordinator holds for
+/// the key (Redis-style overwrite) instead of a given context.
+pub const FLAG_SUPERSEDE_LOCAL: u8 = 0b0000_0010;
+const FLAGS_KNOWN: u8 = FLAG_RESPONSE | FLAG_SUPERSEDE_LOCAL;
 
 /// The fixed header. Little-endian, no implicit padding.
 #[repr(C)]

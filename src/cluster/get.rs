@@ -16,6 +16,9 @@ pub struct GetPlan {
     /// they stand in for) in place of down ones. May include the
     /// coordinator itself; the driver answers that one locally.
     pub targets: Vec<Send>,
+    /// Fallbacks not among the targets, in order: a primary that fails is
+    /// replaced by the next one, asked for its hint for that primary.
+    pub fallbacks: Vec<NodeId>,
     /// R and pr.
     pub quorum: Quorum,
     pub timeout_ms: u64,
@@ -35,6 +38,7 @@ pub struct GetRound {
     tally: Tally,
     deadline_ms: u64,
     replies: Vec<(Send, Reply)>,
+    fallbacks: std::collections::VecDeque<NodeId>,
     merged: Clock,
     outcome: Option<Result<Clock, QuorumError>>,
     outcome_taken: bool,
@@ -48,6 +52,12 @@ impl GetRound {
             tally: Tally::new(plan.quorum),
             deadline_ms: now_ms.saturating_add(plan.timeout_ms),
             replies: plan.targets.iter().map(|t| (*t, Reply::Pending)).collect(),
+            fallbacks: plan
+                .fallbacks
+                .iter()
+                .copied()
+                .filter(|f| plan.targets.iter().all(|t| t.to != *f))
+                .collect(),
             merged: Clock::new(),
             outcome: None,
             outcome_taken: false,
@@ -57,14 +67,28 @@ impl GetRound {
     }
 
     /// A replica answered with its clock (`Some`, empty if it had nothing),
-    /// or failed (`None`).
-    pub fn handle_reply(&mut self, from: NodeId, reply: Option<Clock>, now_ms: u64) {
+    /// or failed (`None`). Returns a read to send to a fallback in place of
+    /// a primary that failed.
+    pub fn handle_reply(&mut self, from: NodeId, reply: Option<Clock>, now_ms: u64) -> Option<Send> {
         let Some(slot) = self.replies.iter_mut().find(|(send, _)| send.to == from) else {
-            return; // Not ours.
+            return None; // Not ours.
         };
         if !matches!(slot.1, Reply::Pending) {
-            return; // A duplicate.
+            return None; // A duplicate.
         }
+        let mut replacement = None;
+        if reply.is_none() && slot.0.hint_for.is_none() && self.outcome.is_none() {
+            let primary = slot.0.to;
+            replacement = self.fallbacks.pop_front().map(|to| Send {
+                to,
+                hint_for: Some(primary),
+            });
+        }
+        let slot = self
+            .replies
+            .iter_mut()
+            .find(|(send, _)| send.to == from)
+            .expect("found above");
         match reply {
             // A fallback that holds no hint for the key knows nothing about
             // it: counting its empty answer toward R could hide a write the
@@ -77,7 +101,11 @@ impl GetRound {
             }
             None => slot.1 = Reply::Failed,
         }
+        if let Some(send) = replacement {
+            self.replies.push((send, Reply::Pending));
+        }
         self.decide(now_ms);
+        replacement
     }
 
     /// Advances time; past the deadline the round gives up on the rest.
@@ -177,6 +205,7 @@ mod tests {
     fn merges_r_replies_and_repairs_the_stale_ones() {
         let plan = GetPlan {
             targets: targets(),
+            fallbacks: Vec::new(),
             quorum: Quorum { total: 2, primaries: 0 },
             timeout_ms: 100,
         };
@@ -203,6 +232,7 @@ mod tests {
     fn concurrent_replies_become_siblings() {
         let plan = GetPlan {
             targets: targets(),
+            fallbacks: Vec::new(),
             quorum: Quorum { total: 2, primaries: 0 },
             timeout_ms: 100,
         };
@@ -217,6 +247,7 @@ mod tests {
     fn failures_that_leave_too_few_replies_end_the_round_early() {
         let plan = GetPlan {
             targets: targets(),
+            fallbacks: Vec::new(),
             quorum: Quorum { total: 2, primaries: 0 },
             timeout_ms: 100,
         };
@@ -236,6 +267,7 @@ mod tests {
         t[2].hint_for = Some(NodeId(8));
         let plan = GetPlan {
             targets: t,
+            fallbacks: Vec::new(),
             quorum: Quorum { total: 2, primaries: 2 },
             timeout_ms: 100,
         };
@@ -252,6 +284,7 @@ mod tests {
         t[2].hint_for = Some(NodeId(9));
         let plan = GetPlan {
             targets: t,
+            fallbacks: Vec::new(),
             quorum: Quorum { total: 2, primaries: 0 },
             timeout_ms: 100,
         };
@@ -268,9 +301,34 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_primary_is_replaced_by_a_fallback_holding_its_hint() {
+        let plan = GetPlan {
+            targets: targets(),
+            fallbacks: vec![NodeId(4)],
+            quorum: Quorum { total: 2, primaries: 0 },
+            timeout_ms: 100,
+        };
+        let (mut round, _) = GetRound::start(&plan, 0);
+        round.handle_reply(NodeId(1), Some(clock(1, "a")), 1);
+        let next = round.handle_reply(NodeId(2), None, 1);
+        assert_eq!(
+            next,
+            Some(Send {
+                to: NodeId(4),
+                hint_for: Some(NodeId(2))
+            })
+        );
+        assert_eq!(round.handle_reply(NodeId(3), None, 1), None, "no fallback is left");
+        assert_eq!(round.poll_outcome(), None, "the fallback may still answer");
+        round.handle_reply(NodeId(4), Some(clock(4, "hinted")), 2);
+        assert_eq!(round.poll_outcome().unwrap().unwrap().sibling_count(), 2);
+    }
+
+    #[test]
     fn silence_until_the_deadline_is_a_timeout() {
         let plan = GetPlan {
             targets: targets(),
+            fallbacks: Vec::new(),
             quorum: Quorum { total: 2, primaries: 0 },
             timeout_ms: 100,
         };

@@ -12,7 +12,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use dynkv_net::{Head, Opcode, Status, FLAG_RESPONSE};
+use dynkv_net::{Head, Opcode, Status, FLAG_SUPERSEDE_LOCAL};
 use dynkv_ring::NodeId;
 use futures::channel::oneshot;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -24,10 +24,6 @@ use dynkv::cluster::replica::{coordinate, WriteContext};
 use dynkv::cluster::{GetPlan, GetRound, PutPlan, PutRound, Quorum, QuorumError, Send};
 use dynkv::object::{decode_object, object_bytes};
 use dynkv::version::{Clock, Sibling, VersionError};
-
-/// Header flag on Put and Delete: supersede whatever the coordinator holds
-/// (RESP's SET and DEL), instead of a given context.
-pub(crate) const FLAG_SUPERSEDE_LOCAL: u8 = 0b0000_0010;
 
 fn quorum_failure(err: QuorumError) -> Outcome {
     let status = match err {
@@ -278,6 +274,7 @@ impl Shard {
         }
         let plan = GetPlan {
             targets,
+            fallbacks: fallbacks.collect(),
             quorum: self.quorum(
                 options.quorum,
                 self.config.r,
@@ -321,7 +318,11 @@ impl Shard {
             }
             let wait = Duration::from_millis(round.next_timeout_ms().saturating_sub(self.now_ms()));
             match glommio::timer::timeout(wait, async { Ok(inflight.next().await) }).await {
-                Ok(Some((node, reply))) => round.handle_reply(node, reply, self.now_ms()),
+                Ok(Some((node, reply))) => {
+                    if let Some(send) = round.handle_reply(node, reply, self.now_ms()) {
+                        inflight.push(self.replica_get(send, partition, &key));
+                    }
+                }
                 Ok(None) => {
                     glommio::timer::sleep(wait).await;
                     round.handle_tick(self.now_ms());
@@ -451,6 +452,3 @@ fn relayed(op: Op, response: dynkv_net::Response) -> Outcome {
         ),
     }
 }
-
-/// Keeps `FLAG_RESPONSE` in view for readers of the flag space.
-const _: () = assert!(FLAG_SUPERSEDE_LOCAL & FLAG_RESPONSE == 0);

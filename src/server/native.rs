@@ -11,14 +11,15 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use dynkv_net::{decode, encode, encode_siblings, Decoded, Frame, FrameLimits, Head, Opcode, Sibling, Status};
+use dynkv_net::{
+    decode, encode, encode_siblings, Decoded, Frame, FrameLimits, Head, Opcode, Sibling, Status, FLAG_SUPERSEDE_LOCAL,
+};
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use dynkv_ring::{Membership, NodeId};
 
 use crate::server::auth;
-use crate::server::coordinator::FLAG_SUPERSEDE_LOCAL;
 use crate::server::recv::{RecvBuf, READ_CHUNK_BYTES};
 use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
 use dynkv::object::object_bytes;
