@@ -7,7 +7,7 @@
 /// Sibling flag: this sibling is a tombstone.
 pub const SIBLING_TOMBSTONE: u8 = 0b0000_0001;
 /// Most siblings one response may carry.
-pub const SIBLINGS_MAX: u32 = 64;
+pub const SIBLINGS_MAX: u32 = 4096;
 
 /// One sibling, borrowed from a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -31,6 +31,15 @@ impl PreferenceList {
         let q = table.partition_count().get();
         assert!(partition < q, "partition {partition} out of range for {q}");
         let primaries = table.owners(partition).to_vec();
+        // Stop as soon as every possible fallback is found, instead of
+        // walking the whole ring when there are few or none (a cluster of N
+        // nodes has no fallback at all).
+        let candidates = table
+            .members()
+            .iter()
+            .filter(|m| primaries.iter().all(|p| p.node != m.id) && !is_down(m.id))
+            .count();
+        let fallbacks_max = fallbacks_max.min(candidates);
         let mut fallbacks: Vec<Owner> = Vec::with_capacity(fallbacks_max);
         for step in 1..q {
             if fallbacks.len() >= fallbacks_max {

@@ -234,6 +234,11 @@ impl PutRound {
         self.outcome.is_some() && (self.pending().0 == 0 || now_ms >= self.deadline_ms)
     }
 
+    /// When the round gives up on whatever has not answered.
+    pub fn deadline_ms(&self) -> u64 {
+        self.deadline_ms
+    }
+
     /// When the driver should next call [`PutRound::handle_tick`].
     pub fn next_timeout_ms(&self) -> u64 {
         self.copies

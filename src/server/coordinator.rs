@@ -162,6 +162,29 @@ impl Shard {
         }
     }
 
+    /// The next reply of a round's calls, waiting at most `left_ms` (the
+    /// round's deadline). Every call carries its own timeout of
+    /// `replica_timeout_ms`, so a timer is armed only when the deadline
+    /// comes first: most requests never create one. `Some(None)`: nothing
+    /// is in flight (then this waits out the deadline); `None`: the
+    /// deadline passed.
+    async fn next_reply<T>(
+        &self,
+        inflight: &mut FuturesUnordered<impl std::future::Future<Output = T>>,
+        left_ms: u64,
+    ) -> Option<Option<T>> {
+        if inflight.is_empty() {
+            glommio::timer::sleep(Duration::from_millis(left_ms)).await;
+            return Some(None);
+        }
+        if left_ms > self.config.replica_timeout_ms {
+            return Some(inflight.next().await);
+        }
+        glommio::timer::timeout(Duration::from_millis(left_ms), async { Ok(inflight.next().await) })
+            .await
+            .ok()
+    }
+
     /// Runs a put round to its end, answering `answer` when it decides.
     async fn drive_put(
         self: Rc<Self>,
@@ -184,19 +207,18 @@ impl Shard {
                     let _ = answer.send(outcome);
                 }
             }
-            if round.is_finished(self.now_ms()) {
+            let now = self.now_ms();
+            if round.is_finished(now) {
                 break;
             }
-            let wait = Duration::from_millis(round.next_timeout_ms().saturating_sub(self.now_ms()));
-            let next = glommio::timer::timeout(wait, async { Ok(inflight.next().await) }).await;
-            let sends = match next {
-                Ok(Some((node, ok))) => round.handle_reply(node, ok, self.now_ms()),
-                // Nothing in flight: only the deadline is left.
-                Ok(None) => {
-                    glommio::timer::sleep(wait).await;
-                    round.handle_tick(self.now_ms())
-                }
-                Err(_) => round.handle_tick(self.now_ms()),
+            let sends = match self
+                .next_reply(&mut inflight, round.deadline_ms().saturating_sub(now))
+                .await
+            {
+                Some(Some((node, ok))) => round.handle_reply(node, ok, self.now_ms()),
+                // Nothing in flight can answer any more, or the deadline
+                // came first.
+                Some(None) | None => round.handle_tick(self.now_ms()),
             };
             for send in sends {
                 inflight.push(self.replica_put(send, partition, &key, &bytes));
@@ -316,18 +338,14 @@ impl Shard {
             if round.is_finished(self.now_ms()) {
                 break;
             }
-            let wait = Duration::from_millis(round.next_timeout_ms().saturating_sub(self.now_ms()));
-            match glommio::timer::timeout(wait, async { Ok(inflight.next().await) }).await {
-                Ok(Some((node, reply))) => {
+            let left_ms = round.next_timeout_ms().saturating_sub(self.now_ms());
+            match self.next_reply(&mut inflight, left_ms).await {
+                Some(Some((node, reply))) => {
                     if let Some(send) = round.handle_reply(node, reply, self.now_ms()) {
                         inflight.push(self.replica_get(send, partition, &key));
                     }
                 }
-                Ok(None) => {
-                    glommio::timer::sleep(wait).await;
-                    round.handle_tick(self.now_ms());
-                }
-                Err(_) => round.handle_tick(self.now_ms()),
+                Some(None) | None => round.handle_tick(self.now_ms()),
             }
         }
         let repairs = round.repairs();

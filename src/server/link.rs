@@ -69,6 +69,9 @@ pub(crate) struct Links {
     me: NodeId,
     secret: Vec<u8>,
     links: RefCell<HashMap<(NodeId, u16), Rc<Link>>>,
+    /// Per node, until when some link to it backs off: what planners ask
+    /// on every request, so one lookup answers it.
+    down_until: RefCell<HashMap<NodeId, Instant>>,
 }
 
 impl Links {
@@ -77,16 +80,14 @@ impl Links {
             me,
             secret: secret.as_bytes().to_vec(),
             links: RefCell::new(HashMap::new()),
+            down_until: RefCell::new(HashMap::new()),
         }
     }
 
     /// True if a link to `node` is backing off after a failure.
     pub(crate) fn is_down(&self, node: NodeId) -> bool {
-        let now = Instant::now();
-        self.links
-            .borrow()
-            .values()
-            .any(|l| l.node == node && l.down_until.get().is_some_and(|t| t > now))
+        let down = self.down_until.borrow();
+        !down.is_empty() && down.get(&node).is_some_and(|t| *t > Instant::now())
     }
 
     /// Sends one request to `node`'s shard at `addr` and waits for the
@@ -146,6 +147,7 @@ impl Links {
             Ok(conn) => {
                 link.down_until.set(None);
                 link.backoff_ms.set(BACKOFF_MIN_MS);
+                self.down_until.borrow_mut().remove(&link.node);
                 *link.conn.borrow_mut() = Some(conn.clone());
                 Ok(conn)
             }
