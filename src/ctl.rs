@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dynkv_net::{Client, ClientOptions};
+use dynkv_net::{CallOptions, Client, ClientOptions};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct CtlArgs {
@@ -13,6 +13,15 @@ pub(crate) struct CtlArgs {
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// Read quorum R for get (default: the node's).
+    #[arg(long)]
+    r: Option<u8>,
+    /// Write quorum W for put and del (default: the node's).
+    #[arg(long)]
+    w: Option<u8>,
+    /// How many of the R or W answers must come from primary owners.
+    #[arg(long)]
+    primaries: Option<u8>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -58,9 +67,15 @@ pub(crate) fn run(args: CtlArgs) -> Result<(), String> {
     executor.run(async move {
         let client = Client::connect(args.addr, options).await.map_err(|e| e.to_string())?;
         let fail = |e: dynkv_net::ClientError| e.to_string();
+        let read = CallOptions {
+            quorum: args.r,
+            primary_quorum: args.primaries,
+            timeout: None,
+        };
+        let write = CallOptions { quorum: args.w, ..read };
         match args.command {
             CtlCommand::Get { key } => {
-                let got = client.get(key.as_bytes()).await.map_err(fail)?;
+                let got = client.get_with(key.as_bytes(), &read).await.map_err(fail)?;
                 if got.values.is_empty() {
                     return Err(format!("{key}: not found"));
                 }
@@ -93,9 +108,12 @@ pub(crate) fn run(args: CtlArgs) -> Result<(), String> {
             CtlCommand::Del { key, context } => {
                 let context = match context {
                     Some(hex) => from_hex(&hex)?,
-                    None => client.get(key.as_bytes()).await.map_err(fail)?.context,
+                    None => client.get_with(key.as_bytes(), &read).await.map_err(fail)?.context,
                 };
-                client.delete(key.as_bytes(), &context).await.map_err(fail)?;
+                client
+                    .delete_with(key.as_bytes(), &context, &write)
+                    .await
+                    .map_err(fail)?;
                 println!("OK");
             }
             CtlCommand::Stats => print!("{}", client.stats().await.map_err(fail)?),

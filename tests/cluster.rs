@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dynkv::object::decode_object;
 use dynkv_engine::{Engine, EngineConfig};
-use dynkv_net::{Client, ClientError, Status};
+use dynkv_net::{CallOptions, Client, ClientError, Status};
 use dynkv_ring::PartitionCount;
 use support::{client_options, free_ports, run, Node, Ports, SHARDS};
 
@@ -191,6 +191,36 @@ fn writes_survive_a_killed_node_and_hinted_handoff_brings_it_up_to_date() {
                 let got = clients[0].get(key.as_bytes()).await.unwrap();
                 assert_eq!(got.values, vec![value_of(key)], "{key} with a node down");
             }
+            // Per-request quorums: all three replicas cannot answer now.
+            let all = CallOptions {
+                quorum: Some(3),
+                ..CallOptions::default()
+            };
+            let err = clients[1].get_with(b"after-0", &all).await.unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    ClientError::Server {
+                        status: Status::Unavailable,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            let err = clients[1]
+                .put_with(b"quorum-probe", b"x", None, &all)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    ClientError::Server {
+                        status: Status::Unavailable,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
         }
     });
     let pending: u64 = (0..2).map(|i| cluster.metric(i, "dynkv_hints_pending")).sum();

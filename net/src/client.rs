@@ -45,6 +45,28 @@ impl Default for ClientOptions {
     }
 }
 
+/// Per-request settings; `None` leaves the server's (or client's) default.
+///
+/// ```
+/// use dynkv_net::CallOptions;
+/// use std::time::Duration;
+///
+/// // A read that needs 3 replies, 2 of them from primary owners, within 200 ms.
+/// let strict = CallOptions { quorum: Some(3), primary_quorum: Some(2), timeout: Some(Duration::from_millis(200)) };
+/// assert_eq!(CallOptions::default().quorum, None);
+/// # let _ = strict;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// R for reads, W for writes (capped by the server at the key's
+    /// replica count).
+    pub quorum: Option<u8>,
+    /// pr / pw: how many of those must be primary owners (not fallbacks).
+    pub primary_quorum: Option<u8>,
+    /// Overrides [`ClientOptions::timeout`] for this request.
+    pub timeout: Option<Duration>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {addr}: {reason}")]
@@ -313,11 +335,20 @@ impl Client {
         &self.conns[usize::from(shard)]
     }
 
-    async fn expect_ok(&self, op: Opcode, key: &[u8], context: &[u8], value: &[u8]) -> Result<Response, ClientError> {
-        let response = self
-            .conn_for(key)
-            .call(Head::request(op, 0), key, context, value, self.options.timeout)
-            .await?;
+    async fn expect_ok(
+        &self,
+        op: Opcode,
+        sections: (&[u8], &[u8], &[u8]),
+        call: &CallOptions,
+    ) -> Result<Response, ClientError> {
+        let (key, context, value) = sections;
+        let head = Head {
+            quorum: call.quorum.unwrap_or(0),
+            primary_quorum: call.primary_quorum.unwrap_or(0),
+            ..Head::request(op, 0)
+        };
+        let timeout = call.timeout.unwrap_or(self.options.timeout);
+        let response = self.conn_for(key).call(head, key, context, value, timeout).await?;
         match Status::from_u8(response.status) {
             Some(Status::Ok) | Some(Status::NotFound) => Ok(response),
             _ => Err(server_error(&response)),
@@ -326,7 +357,12 @@ impl Client {
 
     /// Reads `key`: its sibling values (empty if absent) and a context.
     pub async fn get(&self, key: &[u8]) -> Result<GetResult, ClientError> {
-        let response = self.expect_ok(Opcode::Get, key, &[], &[]).await?;
+        self.get_with(key, &CallOptions::default()).await
+    }
+
+    /// [`Client::get`] with per-request R, pr and timeout.
+    pub async fn get_with(&self, key: &[u8], call: &CallOptions) -> Result<GetResult, ClientError> {
+        let response = self.expect_ok(Opcode::Get, (key, &[], &[]), call).await?;
         if response.status == Status::NotFound as u8 {
             return Ok(GetResult {
                 values: Vec::new(),
@@ -347,14 +383,33 @@ impl Client {
     /// Writes `value`; with the context of a get it supersedes what that get
     /// saw, without one it is concurrent with whatever exists.
     pub async fn put(&self, key: &[u8], value: &[u8], context: Option<&[u8]>) -> Result<(), ClientError> {
-        self.expect_ok(Opcode::Put, key, context.unwrap_or(&[]), value)
+        self.put_with(key, value, context, &CallOptions::default()).await
+    }
+
+    /// [`Client::put`] with per-request W, pw and timeout.
+    pub async fn put_with(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        context: Option<&[u8]>,
+        call: &CallOptions,
+    ) -> Result<(), ClientError> {
+        self.expect_ok(Opcode::Put, (key, context.unwrap_or(&[]), value), call)
             .await
             .map(|_| ())
     }
 
-    /// Deletes `key` (writes a tombstone carrying `context`).
+    /// Deletes `key` (writes a tombstone carrying `context`; an empty
+    /// context deletes whatever the coordinating replica holds).
     pub async fn delete(&self, key: &[u8], context: &[u8]) -> Result<(), ClientError> {
-        self.expect_ok(Opcode::Delete, key, context, &[]).await.map(|_| ())
+        self.delete_with(key, context, &CallOptions::default()).await
+    }
+
+    /// [`Client::delete`] with per-request W, pw and timeout.
+    pub async fn delete_with(&self, key: &[u8], context: &[u8], call: &CallOptions) -> Result<(), ClientError> {
+        self.expect_ok(Opcode::Delete, (key, context, &[]), call)
+            .await
+            .map(|_| ())
     }
 
     /// The node's statistics, as Prometheus text.

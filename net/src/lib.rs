@@ -22,7 +22,7 @@ mod frame;
 mod opcode;
 mod siblings;
 
-pub use client::{Client, ClientError, ClientOptions, Connection, GetResult, Response};
+pub use client::{CallOptions, Client, ClientError, ClientOptions, Connection, GetResult, Response};
 pub use frame::{
     check_header, decode, encode, Decoded, Frame, FrameError, FrameHeader, FrameLimits, Head, FLAG_RESPONSE,
     FLAG_SUPERSEDE_LOCAL, FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_VERSION,

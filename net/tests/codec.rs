@@ -3,7 +3,7 @@
 
 use dynkv_net::{
     decode, decode_siblings, encode, encode_siblings, Decoded, FrameError, FrameLimits, Head, Opcode, Sibling,
-    SiblingsError, Status, FRAME_HEADER_BYTES,
+    SiblingsError, Status, FRAME_HEADER_BYTES, SIBLINGS_MAX,
 };
 use proptest::prelude::*;
 
@@ -156,9 +156,10 @@ fn wrong_magic_and_version_are_named() {
 #[test]
 fn malformed_sibling_lists_are_errors() {
     assert_eq!(decode_siblings(&[]), Err(SiblingsError::Truncated));
+    let too_many = SIBLINGS_MAX + 1;
     assert_eq!(
-        decode_siblings(&1000u32.to_le_bytes()),
-        Err(SiblingsError::TooMany(1000))
+        decode_siblings(&too_many.to_le_bytes()),
+        Err(SiblingsError::TooMany(too_many))
     );
     let mut wire = Vec::new();
     encode_siblings(
