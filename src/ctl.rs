@@ -70,7 +70,7 @@ pub(crate) fn run(args: CtlArgs) -> Result<(), String> {
         let read = CallOptions {
             quorum: args.r,
             primary_quorum: args.primaries,
-            timeout: None,
+            ..CallOptions::default()
         };
         let write = CallOptions { quorum: args.w, ..read };
         match args.command {

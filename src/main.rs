@@ -1,6 +1,7 @@
 //! The `dynkv` command: `serve` runs a node, `ctl` talks to one, `demo`
 //! exercises the storage engine on every core.
 
+mod bench;
 mod config;
 mod ctl;
 mod engine_demo;
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Start a node (one shard per core; defaults need no config file).
     Serve(config::ServeArgs),
+    /// Drive a node or cluster with a YCSB-style workload and report
+    /// throughput and latency.
+    Bench(bench::BenchArgs),
     /// Talk to a running node: get, put, del, stats, status.
     Ctl(ctl::CtlArgs),
     /// Run the storage engine alone on every core: write, read, reopen,
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => args.resolve().and_then(server::run),
         Command::Ctl(args) => ctl::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Demo(args) => engine_demo::run(args),
     };
     match result {

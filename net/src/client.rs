@@ -21,7 +21,7 @@ use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 
-use crate::frame::{decode, encode, Decoded, FrameLimits, Head};
+use crate::frame::{decode, encode, Decoded, FrameLimits, Head, FLAG_SUPERSEDE_LOCAL};
 use crate::opcode::{Opcode, Status};
 use crate::siblings::decode_siblings;
 
@@ -52,7 +52,12 @@ impl Default for ClientOptions {
 /// use std::time::Duration;
 ///
 /// // A read that needs 3 replies, 2 of them from primary owners, within 200 ms.
-/// let strict = CallOptions { quorum: Some(3), primary_quorum: Some(2), timeout: Some(Duration::from_millis(200)) };
+/// let strict = CallOptions {
+///     quorum: Some(3),
+///     primary_quorum: Some(2),
+///     timeout: Some(Duration::from_millis(200)),
+///     ..CallOptions::default()
+/// };
 /// assert_eq!(CallOptions::default().quorum, None);
 /// # let _ = strict;
 /// ```
@@ -65,6 +70,10 @@ pub struct CallOptions {
     pub primary_quorum: Option<u8>,
     /// Overrides [`ClientOptions::timeout`] for this request.
     pub timeout: Option<Duration>,
+    /// Put and delete: supersede whatever the coordinating replica holds,
+    /// as Redis's SET does, instead of a context (versions the coordinator
+    /// has not seen still survive as siblings).
+    pub overwrite: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +354,7 @@ impl Client {
         let head = Head {
             quorum: call.quorum.unwrap_or(0),
             primary_quorum: call.primary_quorum.unwrap_or(0),
+            flags: if call.overwrite { FLAG_SUPERSEDE_LOCAL } else { 0 },
             ..Head::request(op, 0)
         };
         let timeout = call.timeout.unwrap_or(self.options.timeout);

@@ -1,0 +1,236 @@
+//! One load-generator thread: a glommio executor with its own shard-aware
+//! client, running closed-loop workers (each waits for its answer before
+//! the next request) or an open-loop schedule (requests are due at fixed
+//! times whatever the server does; latency counts from when a request was
+//! due, so a stalled server cannot hide behind a waiting client).
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dynkv_net::{CallOptions, Client, ClientError, ClientOptions};
+use rand::SeedableRng;
+use rand_xorshift::XorShiftRng;
+
+use crate::bench::report::Recorder;
+use crate::bench::workload::{key_of, KeyChooser, Mix, OpKind, ValueSize};
+
+/// Requests an open-loop thread lets wait for a free slot before it counts
+/// further ones as `backlog_full` errors instead of queueing them.
+const OPEN_LOOP_BACKLOG_MAX: u64 = 100_000;
+
+/// What every thread shares: progress counters and the stop signal.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) ops: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) stop: AtomicBool,
+    /// Operations left to start (u64::MAX without a count limit).
+    pub(crate) budget: AtomicU64,
+    /// One past the newest key written (inserts move it).
+    pub(crate) newest_key: AtomicU64,
+}
+
+impl Shared {
+    /// Claims one operation of the budget; false when the run is over.
+    fn claim(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+            && self
+                .budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+                .is_ok()
+    }
+}
+
+/// How one thread generates load.
+#[derive(Clone)]
+pub(crate) struct Plan {
+    pub(crate) addr: SocketAddr,
+    pub(crate) mix: Mix,
+    pub(crate) keys: Arc<KeyChooser>,
+    pub(crate) value_size: ValueSize,
+    /// Concurrent requests (closed loop), or the most in flight (open loop).
+    pub(crate) concurrency: usize,
+    /// Operations per second for this thread; `None` for closed loop.
+    pub(crate) rate: Option<f64>,
+    pub(crate) read: CallOptions,
+    pub(crate) write: CallOptions,
+    pub(crate) client: ClientOptions,
+    pub(crate) seed: u64,
+}
+
+fn error_kind(err: &ClientError) -> String {
+    match err {
+        ClientError::Connect { .. } => "connect".into(),
+        ClientError::Timeout(_) => "timeout".into(),
+        ClientError::Disconnected(_) => "disconnected".into(),
+        ClientError::Server { status, .. } => format!("{status:?}").to_ascii_lowercase(),
+        ClientError::Protocol(_) => "protocol".into(),
+    }
+}
+
+/// Everything a worker needs, shared within the thread.
+struct Worker {
+    client: Client,
+    plan: Plan,
+    shared: Arc<Shared>,
+    recorder: RefCell<Recorder>,
+    values: Vec<u8>,
+}
+
+impl Worker {
+    /// Runs one operation; `Ok(true)` if a read saw siblings.
+    async fn op(&self, kind: OpKind, rng: &mut XorShiftRng) -> Result<bool, ClientError> {
+        let newest = self.shared.newest_key.load(Ordering::Relaxed);
+        let value = &self.values[..self.plan.value_size.pick(rng)];
+        let overwrite = CallOptions {
+            overwrite: true,
+            ..self.plan.write
+        };
+        match kind {
+            OpKind::Read => {
+                let key = key_of(self.plan.keys.pick(rng, newest));
+                let got = self.client.get_with(key.as_bytes(), &self.plan.read).await?;
+                Ok(got.values.len() > 1)
+            }
+            OpKind::Update => {
+                let key = key_of(self.plan.keys.pick(rng, newest));
+                self.client.put_with(key.as_bytes(), value, None, &overwrite).await?;
+                Ok(false)
+            }
+            OpKind::Insert => {
+                let index = self.shared.newest_key.fetch_add(1, Ordering::Relaxed);
+                self.client
+                    .put_with(key_of(index).as_bytes(), value, None, &overwrite)
+                    .await?;
+                Ok(false)
+            }
+            OpKind::Delete => {
+                let key = key_of(self.plan.keys.pick(rng, newest));
+                self.client.delete_with(key.as_bytes(), &[], &overwrite).await?;
+                Ok(false)
+            }
+            OpKind::ReadModifyWrite => {
+                let key = key_of(self.plan.keys.pick(rng, newest));
+                let got = self.client.get_with(key.as_bytes(), &self.plan.read).await?;
+                let call = if got.context.is_empty() {
+                    overwrite
+                } else {
+                    self.plan.write
+                };
+                let context = (!got.context.is_empty()).then_some(&got.context[..]);
+                self.client.put_with(key.as_bytes(), value, context, &call).await?;
+                Ok(got.values.len() > 1)
+            }
+        }
+    }
+
+    /// Runs one operation due at `due` and records it.
+    async fn run_one(&self, kind: OpKind, due: Instant, rng: &mut XorShiftRng) {
+        let result = self.op(kind, rng).await.map_err(|e| error_kind(&e));
+        let now = Instant::now();
+        if result.is_ok() {
+            self.shared.ops.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.shared.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.recorder.borrow_mut().record(kind, now - due, result, now);
+    }
+}
+
+/// Runs one thread's share of the load until the run stops.
+pub(crate) async fn run_thread(plan: Plan, shared: Arc<Shared>, start: Instant) -> Result<Recorder, String> {
+    let client = Client::connect(plan.addr, plan.client)
+        .await
+        .map_err(|e| format!("{}: {e}", plan.addr))?;
+    let mut values = vec![0u8; plan.value_size.max_bytes];
+    let mut fill = XorShiftRng::seed_from_u64(plan.seed ^ 0x5eed);
+    rand::Rng::fill_bytes(&mut fill, &mut values);
+    let worker = Rc::new(Worker {
+        client,
+        plan: plan.clone(),
+        shared,
+        recorder: RefCell::new(Recorder::new(start)),
+        values,
+    });
+    match plan.rate {
+        None => closed_loop(&worker).await,
+        Some(rate) => open_loop(&worker, rate).await,
+    }
+    let worker = Rc::try_unwrap(worker).map_err(|_| "a worker outlived its thread".to_string())?;
+    Ok(worker.recorder.into_inner())
+}
+
+async fn closed_loop(worker: &Rc<Worker>) {
+    let tasks: Vec<_> = (0..worker.plan.concurrency)
+        .map(|i| {
+            let worker = worker.clone();
+            glommio::spawn_local(async move {
+                let mut rng = XorShiftRng::seed_from_u64(worker.plan.seed.wrapping_mul(1000).wrapping_add(i as u64));
+                while worker.shared.claim() {
+                    let kind = worker.plan.mix.pick(&mut rng);
+                    worker.run_one(kind, Instant::now(), &mut rng).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+}
+
+async fn open_loop(worker: &Rc<Worker>, rate: f64) {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let slots = Rc::new(glommio::sync::Semaphore::new(worker.plan.concurrency as u64));
+    let waiting = Rc::new(std::cell::Cell::new(0u64));
+    let unfinished = Rc::new(std::cell::Cell::new(0u64));
+    let mut rng = XorShiftRng::seed_from_u64(worker.plan.seed);
+    let mut due = Instant::now();
+    'schedule: loop {
+        let now = Instant::now();
+        while due <= now {
+            if !worker.shared.claim() {
+                break 'schedule;
+            }
+            let kind = worker.plan.mix.pick(&mut rng);
+            if waiting.get() >= OPEN_LOOP_BACKLOG_MAX {
+                // The server is so far behind that queueing more would only
+                // grow memory: count the request as failed, late.
+                worker.shared.errors.fetch_add(1, Ordering::Relaxed);
+                worker
+                    .recorder
+                    .borrow_mut()
+                    .record(kind, now - due, Err("backlog_full".into()), now);
+            } else {
+                let (worker, slots, waiting, unfinished) =
+                    (worker.clone(), slots.clone(), waiting.clone(), unfinished.clone());
+                let mut op_rng = XorShiftRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
+                waiting.set(waiting.get() + 1);
+                unfinished.set(unfinished.get() + 1);
+                let intended = due;
+                glommio::spawn_local(async move {
+                    let permit = slots.acquire_permit(1).await;
+                    waiting.set(waiting.get() - 1);
+                    if permit.is_ok() {
+                        worker.run_one(kind, intended, &mut op_rng).await;
+                    }
+                    unfinished.set(unfinished.get() - 1);
+                })
+                .detach();
+            }
+            due += interval;
+        }
+        // Sleep until the next request is due, at least 1 ms at a time.
+        let wait = due
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        glommio::timer::sleep(wait).await;
+    }
+    // Every request already due gets its answer (each has a timeout).
+    while unfinished.get() > 0 {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -1,0 +1,245 @@
+//! What a benchmark asks for, as pure logic: the operation mix (YCSB's
+//! workloads A, B, C, D, F, or a custom mix), which key each operation
+//! touches (uniform, zipfian, or latest), and value sizes. Deterministic
+//! for a seed, so two runs ask the same questions.
+
+use rand::{Rng, RngExt};
+use rand_distr::{Distribution, Zipf};
+
+/// One operation a worker performs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum OpKind {
+    Read,
+    /// Overwrites an existing key (supersedes what its coordinator holds).
+    Update,
+    /// Writes a key past the loaded ones.
+    Insert,
+    Delete,
+    /// Reads a key, then writes it back with the read's context.
+    ReadModifyWrite,
+}
+
+impl OpKind {
+    pub(crate) const ALL: [OpKind; 5] = [
+        OpKind::Read,
+        OpKind::Update,
+        OpKind::Insert,
+        OpKind::Delete,
+        OpKind::ReadModifyWrite,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            OpKind::Read => "read",
+            OpKind::Update => "update",
+            OpKind::Insert => "insert",
+            OpKind::Delete => "delete",
+            OpKind::ReadModifyWrite => "read-modify-write",
+        }
+    }
+}
+
+/// Relative weights of each operation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Mix {
+    weights: [u32; 5],
+}
+
+impl Mix {
+    /// `read, update, insert, delete, read-modify-write` weights.
+    pub(crate) fn new(weights: [u32; 5]) -> Result<Mix, String> {
+        if weights.iter().all(|w| *w == 0) {
+            return Err("the operation mix is empty: give at least one positive ratio".into());
+        }
+        if weights.iter().map(|w| u64::from(*w)).sum::<u64>() > u64::from(u32::MAX) {
+            return Err("the operation ratios are too large".into());
+        }
+        Ok(Mix { weights })
+    }
+
+    pub(crate) fn pick(&self, rng: &mut impl Rng) -> OpKind {
+        let total: u32 = self.weights.iter().sum();
+        let mut roll = rng.random_range(0..total);
+        for (kind, weight) in OpKind::ALL.iter().zip(self.weights) {
+            if roll < weight {
+                return *kind;
+            }
+            roll -= weight;
+        }
+        unreachable!("the roll is below the total weight")
+    }
+}
+
+/// Which keys operations touch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum KeyChoice {
+    Uniform,
+    /// Popular keys, by YCSB's zipfian constant `theta` (0.99 by default).
+    Zipfian {
+        theta: f64,
+    },
+    /// Recently inserted keys are the most popular (zipfian over recency).
+    Latest {
+        theta: f64,
+    },
+}
+
+/// Picks key indexes in `0..key_count` (or below the newest insert).
+pub(crate) struct KeyChooser {
+    choice: KeyChoice,
+    zipf: Option<Zipf<f64>>,
+}
+
+impl KeyChooser {
+    pub(crate) fn new(choice: KeyChoice, key_count: u64) -> Result<KeyChooser, String> {
+        if key_count == 0 {
+            return Err("the key count must be positive".into());
+        }
+        let zipf = match choice {
+            KeyChoice::Uniform => None,
+            KeyChoice::Zipfian { theta } | KeyChoice::Latest { theta } => {
+                if !(theta > 0.0 && theta.is_finite()) {
+                    return Err(format!("zipfian theta {theta} must be a positive number"));
+                }
+                Some(Zipf::new(key_count as f64, theta).map_err(|e| format!("zipfian over {key_count} keys: {e}"))?)
+            }
+        };
+        Ok(KeyChooser { choice, zipf })
+    }
+
+    /// A key index; `newest` is one past the newest key written so far.
+    pub(crate) fn pick(&self, rng: &mut impl Rng, newest: u64) -> u64 {
+        let newest = newest.max(1);
+        match (self.choice, &self.zipf) {
+            (KeyChoice::Uniform, _) => rng.random_range(0..newest),
+            // Rank 1 is the most popular; spread ranks over the key space
+            // with a fixed permutation, as YCSB's scrambled zipfian does,
+            // so that popular keys are not neighbours.
+            (KeyChoice::Zipfian { .. }, Some(zipf)) => {
+                let rank = zipf.sample(rng) as u64 - 1;
+                xxhash_rust::xxh3::xxh3_64(&rank.to_le_bytes()) % newest
+            }
+            (KeyChoice::Latest { .. }, Some(zipf)) => {
+                let back = zipf.sample(rng) as u64 - 1;
+                newest - 1 - back.min(newest - 1)
+            }
+            (_, None) => unreachable!("zipfian choices carry their distribution"),
+        }
+    }
+}
+
+/// The key string of an index.
+pub(crate) fn key_of(index: u64) -> String {
+    format!("user{index:012}")
+}
+
+/// Value sizes: fixed, or uniform in an inclusive range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ValueSize {
+    pub(crate) min_bytes: usize,
+    pub(crate) max_bytes: usize,
+}
+
+impl ValueSize {
+    /// Parses `100` or `100..1000`.
+    pub(crate) fn parse(text: &str) -> Result<ValueSize, String> {
+        let bad = || format!("value size {text:?}: give bytes (100) or an inclusive range (100..1000)");
+        let (min, max) = match text.split_once("..") {
+            Some((a, b)) => (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            ),
+            None => {
+                let n = text.trim().parse().map_err(|_| bad())?;
+                (n, n)
+            }
+        };
+        if min > max || max == 0 {
+            return Err(bad());
+        }
+        Ok(ValueSize {
+            min_bytes: min,
+            max_bytes: max,
+        })
+    }
+
+    pub(crate) fn pick(&self, rng: &mut impl Rng) -> usize {
+        rng.random_range(self.min_bytes..=self.max_bytes)
+    }
+}
+
+/// A named YCSB workload: its mix, and the key choice it implies (D reads
+/// the latest inserts).
+pub(crate) fn ycsb(name: &str) -> Result<(Mix, Option<KeyChoice>), String> {
+    let mix = |w| Mix::new(w).expect("the YCSB mixes are not empty");
+    Ok(match name.to_ascii_uppercase().as_str() {
+        "A" => (mix([50, 50, 0, 0, 0]), None),
+        "B" => (mix([95, 5, 0, 0, 0]), None),
+        "C" => (mix([100, 0, 0, 0, 0]), None),
+        "D" => (mix([95, 0, 5, 0, 0]), Some(KeyChoice::Latest { theta: 0.99 })),
+        "F" => (mix([50, 0, 0, 0, 50]), None),
+        other => return Err(format!("unknown workload {other:?}: use A, B, C, D, F or custom")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn rng() -> rand_xorshift::XorShiftRng {
+        rand_xorshift::XorShiftRng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn mixes_follow_their_weights() {
+        let (mix, _) = ycsb("b").unwrap();
+        let mut rng = rng();
+        let reads = (0..10_000).filter(|_| mix.pick(&mut rng) == OpKind::Read).count();
+        assert!((9_300..9_700).contains(&reads), "{reads} reads of 10,000 in workload B");
+        assert!(Mix::new([0; 5]).is_err());
+        assert!(ycsb("Z").unwrap_err().contains("unknown workload"));
+    }
+
+    #[test]
+    fn zipfian_keys_are_skewed_and_in_range() {
+        let chooser = KeyChooser::new(KeyChoice::Zipfian { theta: 0.99 }, 1000).unwrap();
+        let mut rng = rng();
+        let mut counts = vec![0u32; 1000];
+        for _ in 0..100_000 {
+            counts[chooser.pick(&mut rng, 1000) as usize] += 1;
+        }
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        let top10: u32 = counts[..10].iter().sum();
+        assert!(top10 > 30_000, "the 10 hottest keys got only {top10} of 100,000 picks");
+        let uniform = KeyChooser::new(KeyChoice::Uniform, 1000).unwrap();
+        assert!((0..1000).all(|_| uniform.pick(&mut rng, 1000) < 1000));
+    }
+
+    #[test]
+    fn latest_prefers_the_newest_keys() {
+        let chooser = KeyChooser::new(KeyChoice::Latest { theta: 0.99 }, 1000).unwrap();
+        let mut rng = rng();
+        let picks: Vec<u64> = (0..10_000).map(|_| chooser.pick(&mut rng, 5000)).collect();
+        assert!(picks.iter().all(|p| *p < 5000));
+        let recent = picks.iter().filter(|p| **p >= 4990).count();
+        assert!(recent > 3_000, "only {recent} of 10,000 picks among the 10 newest keys");
+    }
+
+    #[test]
+    fn value_sizes_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            ValueSize::parse("100").unwrap(),
+            ValueSize {
+                min_bytes: 100,
+                max_bytes: 100
+            }
+        );
+        let range = ValueSize::parse("10..20").unwrap();
+        let mut rng = rng();
+        assert!((0..100).all(|_| (10..=20).contains(&range.pick(&mut rng))));
+        assert!(ValueSize::parse("20..10").unwrap_err().contains("20..10"));
+        assert!(ValueSize::parse("big").is_err());
+        assert!(KeyChooser::new(KeyChoice::Zipfian { theta: -1.0 }, 10).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! `dynkv bench` against a real node: a load phase and a workload bounded by
+//! operation count write a JSON report and an SVG chart; open loop keeps its
+//! rate; an unreachable node and bad arguments fail fast with a clear
+//! message. Every process is stopped by PID.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::Node;
+
+fn bench(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dynkv"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("run dynkv bench")
+}
+
+#[test]
+fn a_bounded_run_reports_every_operation_in_json_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--sync", "never"]);
+    let addr = node.addr().to_string();
+    let json = dir.path().join("report.json");
+    let svg = dir.path().join("chart.svg");
+    // One client alone never makes siblings with read-modify-write.
+    let out = bench(&[
+        "--addr",
+        &addr,
+        "--workload",
+        "F",
+        "--keys",
+        "50",
+        "--load",
+        "--ops",
+        "300",
+        "--concurrency",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(
+        report["sibling_reads"].as_u64(),
+        Some(0),
+        "one client's read-modify-writes: {report}"
+    );
+    // Concurrent read-modify-writes of a hot key are truly concurrent, so
+    // siblings may appear there.
+    let out = bench(&[
+        "--addr",
+        &addr,
+        "--workload",
+        "F",
+        "--keys",
+        "500",
+        "--load",
+        "--ops",
+        "3000",
+        "--threads",
+        "2",
+        "--concurrency",
+        "16",
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("load: 500 keys"), "{stdout}");
+    assert!(stdout.contains("read-modify-write"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let ops = report["operations"].as_u64().unwrap();
+    let errors: u64 = report["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        ops + errors,
+        3000,
+        "every operation of the budget is accounted for: {report}"
+    );
+    assert!(report["by_operation"]["read"]["p99_us"].as_u64().unwrap() > 0);
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        chart.starts_with("<svg") && chart.contains("throughput"),
+        "{}",
+        &chart[..200.min(chart.len())]
+    );
+    assert!(node.terminate().success());
+}
+
+#[test]
+fn open_loop_holds_its_rate_and_counts_latency_from_the_due_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--sync", "never"]);
+    let addr = node.addr().to_string();
+    let json = dir.path().join("open.json");
+    let started = Instant::now();
+    let out = bench(&[
+        "--addr",
+        &addr,
+        "--workload",
+        "C",
+        "--keys",
+        "100",
+        "--rate",
+        "2000",
+        "--duration-s",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        dir.path().join("open.svg").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let throughput = report["throughput_ops_s"].as_f64().unwrap();
+    assert!(
+        (1500.0..2500.0).contains(&throughput),
+        "open loop at 2000/s ran at {throughput}/s"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(node.terminate().success());
+}
+
+#[test]
+fn an_unreachable_node_and_bad_arguments_fail_fast_and_clearly() {
+    let started = Instant::now();
+    // Port 1 on loopback: nothing listens there.
+    let out = bench(&[
+        "--addr",
+        "127.0.0.1:1",
+        "--duration-s",
+        "2",
+        "--quiet",
+        "--timeout-ms",
+        "1000",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the cluster") && stderr.contains("127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    for (args, expect) in [
+        (&["--workload", "Q"][..], "unknown workload"),
+        (&["--threads", "0"][..], "--threads 0"),
+        (&["--value-size", "9..1"][..], "value size"),
+        (&["--workload", "custom"][..], "mix is empty"),
+        (&["--distribution", "pareto"][..], "unknown distribution"),
+        (&["--no-such-flag"][..], "unexpected argument"),
+    ] {
+        let out = bench(args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+}
