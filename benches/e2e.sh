@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# The end-to-end benchmark suite: builds in release mode, starts the
+# servers it needs on 127.0.0.1, runs every comparison in one session on
+# this machine, stops everything it started (by PID), and writes the
+# results into docs/PERFORMANCE.md between the e2e markers.
+#
+#   1. dynkv (1 node, 2 shards) vs redis-server, appendfsync always and
+#      everysec, driven by redis-benchmark on RESP (benches/resp-vs-redis.sh);
+#   2. dynkv's native protocol driven by `dynkv bench`, against redis at its
+#      best pipelining: the issue-7 target (sync=interval, 100 B values);
+#   3. a 3-node cluster (N=3, R=2, W=2), YCSB A, B and C, zipfian;
+#   4. an open-loop latency curve (p99 against offered rate) to find the knee;
+#   5. criterion suites, each saved as baseline `e2e` so that the next run
+#      shows regressions; with E2E_PEERS=1 also the engine against RocksDB
+#      and fjall (the `peers` feature compiles RocksDB: about 15 minutes).
+#
+# Usage: benches/e2e.sh            (E2E_SECONDS=10 per run, E2E_QUICK=1 skips criterion)
+# Needs redis-server, redis-benchmark, redis-cli (apt-get install redis-server redis-tools).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${E2E_SECONDS:-10}
+secret=e2e-cluster-secret-0123456789
+work=$(mktemp -d)
+out="$work/results.md"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  sleep 1
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+for tool in redis-server redis-benchmark redis-cli; do
+  command -v $tool >/dev/null || { echo "needs $tool: apt-get install redis-server redis-tools" >&2; exit 1; }
+done
+cargo build --release --quiet
+bin=target/release/dynkv
+ticks=$(getconf CLK_TCK)
+cpu_seconds() { # utime + stime summed over pids
+  local total=0
+  for pid in "$@"; do
+    total=$(awk -v t="$ticks" -v acc="$total" '{ printf "%.3f", acc + ($14 + $15) / t }' "/proc/$pid/stat")
+  done
+  echo "$total"
+}
+wait_ready() { # RESP port: until a SET succeeds
+  for _ in $(seq 1 400); do
+    [ "$(redis-cli -p "$1" set e2e-probe x 2>/dev/null)" = "OK" ] && return 0
+    sleep 0.05
+  done
+  echo "node on RESP port $1 did not become ready" >&2; exit 1
+}
+servers=()
+start_node() { # index, peers, n, sync
+  local dir="$work/node$1" peers=()
+  mkdir -p "$dir"
+  [ -n "$2" ] && peers=(--peers "$2")
+  "$bin" serve --data-dir "$dir" --sync "$4" --shards 2 \
+    --base-port $((28600 + 10 * $1)) --internode-base-port $((28700 + 10 * $1)) \
+    --resp-port $((28400 + $1)) --metrics-port $((28500 + $1)) --n "$3" \
+    --r "$(( $3 < 2 ? $3 : 2 ))" --w "$(( $3 < 2 ? $3 : 2 ))" --cluster-secret "$secret" "${peers[@]}" \
+    >"$dir.log" 2>&1 &
+  pids+=($!); servers+=($!)
+}
+stop_servers() {
+  for pid in "${servers[@]}"; do kill -TERM "$pid"; done
+  for pid in "${servers[@]}"; do wait "$pid" 2>/dev/null || true; done
+  servers=(); rm -rf "$work"/node*
+}
+# Runs dynkv bench ($1 = label, rest = arguments) and prints a table row
+# with server CPU per million operations.
+bench_row() {
+  local label=$1; shift
+  local before after
+  before=$(cpu_seconds "${servers[@]}")
+  "$bin" bench --quiet --json "$work/b.json" --svg "$work/b.svg" "$@" >"$work/b.txt"
+  after=$(cpu_seconds "${servers[@]}")
+  python3 - "$work/b.json" "$label" "$before" "$after" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); label = sys.argv[2]; cpu = float(sys.argv[4]) - float(sys.argv[3])
+ops = r["operations"]; errors = sum(r["errors"].values())
+p99 = max((v["p99_us"] for v in r["by_operation"].values()), default=0)
+p50 = max((v["p50_us"] for v in r["by_operation"].values()), default=0)
+per_m = cpu / max(ops, 1) * 1e6
+print(f"| {label} | {r['throughput_ops_s']:.0f} | {p50/1000:.3f} ms | {p99/1000:.3f} ms | {per_m:.2f} | {errors} | {r['sibling_reads']} | {100*r['client_utilization']:.0f}% |")
+PY
+}
+
+{
+  echo "Run of $(date -u +%Y-%m-%d) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)),"
+  echo "$(uname -r), data on $(df --output=source,fstype . | tail -1 | xargs); redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)."
+  echo "Every figure below comes from this one run. The load generators share the cores with the servers."
+  echo
+  echo "### RESP: dynkv against redis-server (redis-benchmark)"
+  echo
+  bash benches/resp-vs-redis.sh 200000 | tail -n +2
+  echo
+  echo "### Native protocol: \`dynkv bench\` against one node (2 shards, sync=interval_ms=1000, 100 B values)"
+  echo
+  echo "Closed loop, 100,000 keys loaded first, zipfian (theta 0.99), ${seconds} s per run."
+  echo
+  echo '| run | ops/s | p50 | p99 | server CPU s / 1M ops | errors | sibling reads | client CPU |'
+  echo '|---|---:|---:|---:|---:|---:|---:|---:|'
+  start_node 0 "" 1 interval_ms=1000; wait_ready 28400
+  common=(--addr 127.0.0.1:28600 --keys 100000 --duration-s "$seconds" --threads 2 --concurrency 128)
+  "$bin" bench --quiet --addr 127.0.0.1:28600 --keys 100000 --load --ops 1 --json "$work/l.json" --svg "$work/l.svg" >/dev/null
+  bench_row "update only (cf. SET)" "${common[@]}" --workload custom --update 1
+  bench_row "read only (cf. GET), YCSB C" "${common[@]}" --workload C
+  bench_row "YCSB A" "${common[@]}" --workload A
+  bench_row "YCSB B" "${common[@]}" --workload B
+  stop_servers
+  echo
+  echo "redis-server (appendfsync everysec) at its best pipelining, same values and clients:"
+  echo
+  echo '| op | pipeline | requests/s | p99 | server CPU s / 1M ops |'
+  echo '|---|---|---:|---:|---:|'
+  redis-server --port 28390 --bind 127.0.0.1 --dir "$work" --save "" --appendonly yes --appendfsync everysec \
+    --daemonize no >"$work/redis.log" 2>&1 &
+  redis_pid=$!; pids+=($redis_pid)
+  sleep 0.5
+  for test in set get; do
+    for pipeline in 1 16 64; do
+      before=$(cpu_seconds $redis_pid)
+      res=$(redis-benchmark -p 28390 -t $test -n 400000 -r 100000 -d 100 -c 50 -P $pipeline --precision 3 2>/dev/null | tr '\r' '\n')
+      after=$(cpu_seconds $redis_pid)
+      rps=$(echo "$res" | awk '/requests per second/ { for (i = 1; i < NF; i++) if ($(i + 1) == "requests") v = $i } END { print v }')
+      p99=$(echo "$res" | awk '/99.[0-9]*%/ && !/99.9/ { print $3 }' | head -1)
+      cpu=$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", (a - b) / 400000 * 1e6 }')
+      echo "| ${test^^} | -P $pipeline | $rps | ${p99:-?} ms | $cpu |"
+    done
+  done
+  kill -TERM $redis_pid; wait $redis_pid 2>/dev/null || true
+  echo
+  echo "### 3-node cluster (N=3, R=2, W=2), \`dynkv bench\` over all three nodes, zipfian"
+  echo
+  echo '| run | ops/s | p50 | p99 | server CPU s / 1M ops | errors | sibling reads | client CPU |'
+  echo '|---|---:|---:|---:|---:|---:|---:|---:|'
+  start_node 0 "127.0.0.1:28710,127.0.0.1:28720" 3 interval_ms=1000
+  start_node 1 "127.0.0.1:28700,127.0.0.1:28720" 3 interval_ms=1000
+  start_node 2 "127.0.0.1:28700,127.0.0.1:28710" 3 interval_ms=1000
+  wait_ready 28400; wait_ready 28401; wait_ready 28402
+  cluster=(--addr 127.0.0.1:28600,127.0.0.1:28610,127.0.0.1:28620 --keys 100000 --duration-s "$seconds" --threads 3 --concurrency 64)
+  "$bin" bench --quiet "${cluster[@]}" --load --ops 1 --json "$work/l.json" --svg "$work/l.svg" >/dev/null
+  for w in A B C; do bench_row "YCSB $w" "${cluster[@]}" --workload $w; done
+  stop_servers
+  echo
+  echo "### Open loop: p99 against offered rate (one node, YCSB B, latency from each request's due time)"
+  echo
+  echo '| offered ops/s | achieved ops/s | p50 | p99 | server CPU s / 1M ops | errors | sibling reads | client CPU |'
+  echo '|---|---:|---:|---:|---:|---:|---:|---:|'
+  start_node 0 "" 1 interval_ms=1000; wait_ready 28400
+  "$bin" bench --quiet --addr 127.0.0.1:28600 --keys 100000 --load --ops 1 --json "$work/l.json" --svg "$work/l.svg" >/dev/null
+  for rate in 20000 50000 100000 150000 200000 250000 300000; do
+    bench_row "$rate" --addr 127.0.0.1:28600 --keys 100000 --workload B --rate $rate --threads 2 \
+      --concurrency 512 --duration-s "$seconds"
+  done
+  stop_servers
+  if [ "${E2E_QUICK:-0}" != 1 ]; then
+    echo
+    echo "### criterion (medians; saved as baseline \`e2e\`)"
+    echo
+    echo '```'
+    features=()
+    [ "${E2E_PEERS:-0}" = 1 ] && features=(--features peers)
+    for suite in codec ring version engine; do
+      cargo bench --quiet --bench $suite "${features[@]}" -- --save-baseline e2e 2>/dev/null \
+        | awk '/time:/ { if ($1 == "time:") print name, $0; else print; next } NF == 1 { name = $1 }'
+    done
+    echo '```'
+  fi
+} | tee "$out"
+
+python3 - "$out" <<'PY'
+import sys
+results = open(sys.argv[1]).read()
+path = "docs/PERFORMANCE.md"
+doc = open(path).read()
+begin, end = "<!-- e2e:begin -->", "<!-- e2e:end -->"
+if begin in doc and end in doc:
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc = head + begin + "\n" + results + "\n" + end + tail
+else:
+    doc += "\n## End to end (`benches/e2e.sh`)\n\n" + begin + "\n" + results + "\n" + end + "\n"
+open(path, "w").write(doc)
+print(f"wrote the results into {path}")
+PY
