@@ -18,15 +18,7 @@ cd "$(dirname "$0")/.."
 requests=${1:-200000}
 sync=${2:-interval_ms=1000}
 secret=bench-cluster-secret-0123456789
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  sleep 1
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source benches/lib.sh
 
 command -v redis-benchmark >/dev/null || {
   echo "needs redis-benchmark: apt-get install redis-tools" >&2
@@ -34,15 +26,6 @@ command -v redis-benchmark >/dev/null || {
 }
 cargo build --release --quiet
 bin=target/release/dynkv
-ticks=$(getconf CLK_TCK)
-
-cpu_seconds() { # utime + stime summed over pids, in seconds
-  local total=0
-  for pid in "$@"; do
-    total=$(awk -v t="$ticks" -v acc="$total" '{ printf "%.3f", acc + ($14 + $15) / t }' "/proc/$pid/stat")
-  done
-  echo "$total"
-}
 
 wait_ready() { # $1 = RESP port: until a SET succeeds (the cluster has formed)
   for _ in $(seq 1 400); do

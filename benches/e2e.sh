@@ -20,29 +20,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${E2E_SECONDS:-10}
 secret=e2e-cluster-secret-0123456789
-work=$(mktemp -d)
+source benches/lib.sh
 out="$work/results.md"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  sleep 1
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 for tool in redis-server redis-benchmark redis-cli; do
   command -v $tool >/dev/null || { echo "needs $tool: apt-get install redis-server redis-tools" >&2; exit 1; }
 done
 cargo build --release --quiet
 bin=target/release/dynkv
-ticks=$(getconf CLK_TCK)
-cpu_seconds() { # utime + stime summed over pids
-  local total=0
-  for pid in "$@"; do
-    total=$(awk -v t="$ticks" -v acc="$total" '{ printf "%.3f", acc + ($14 + $15) / t }' "/proc/$pid/stat")
-  done
-  echo "$total"
-}
 wait_ready() { # RESP port: until a SET succeeds
   for _ in $(seq 1 400); do
     [ "$(redis-cli -p "$1" set e2e-probe x 2>/dev/null)" = "OK" ] && return 0

@@ -19,15 +19,7 @@ cd "$(dirname "$0")/.."
 requests=${1:-200000}
 port_dynkv=27379
 port_redis=27380
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  sleep 1
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source benches/lib.sh
 
 command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || {
   echo "needs redis-server and redis-benchmark: apt-get install redis-server redis-tools" >&2
@@ -35,11 +27,6 @@ command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || {
 }
 cargo build --release --quiet
 bin=target/release/dynkv
-ticks=$(getconf CLK_TCK)
-
-cpu_seconds() { # utime + stime of a pid, in seconds
-  awk -v t="$ticks" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"
-}
 
 wait_port() {
   for _ in $(seq 1 200); do

@@ -78,18 +78,7 @@ pub fn object_bytes(clock: &Clock) -> Vec<u8> {
 pub fn decode_object(mut bytes: &[u8]) -> Result<Clock, ObjectError> {
     const WHAT: &str = "object";
     let r = &mut bytes;
-    let format = take::<1>(r, WHAT)?[0];
-    if format != FORMAT_V1 {
-        return Err(ObjectError::UnknownFormat { what: WHAT, format });
-    }
-    let nodes = usize::from(u16::from_le_bytes(take(r, WHAT)?));
-    if nodes > CLOCK_NODES_MAX {
-        return Err(ObjectError::TooLarge {
-            what: WHAT,
-            count: nodes,
-            limit: CLOCK_NODES_MAX,
-        });
-    }
+    let nodes = take_header(r, WHAT)?;
     let mut parts = Vec::with_capacity(nodes);
     let mut siblings_total = 0usize;
     for _ in 0..nodes {
@@ -168,18 +157,7 @@ pub fn decode_context(mut bytes: &[u8]) -> Result<Option<VersionVector>, ObjectE
         return Ok(None);
     }
     let r = &mut bytes;
-    let format = take::<1>(r, WHAT)?[0];
-    if format != FORMAT_V1 {
-        return Err(ObjectError::UnknownFormat { what: WHAT, format });
-    }
-    let nodes = usize::from(u16::from_le_bytes(take(r, WHAT)?));
-    if nodes > CLOCK_NODES_MAX {
-        return Err(ObjectError::TooLarge {
-            what: WHAT,
-            count: nodes,
-            limit: CLOCK_NODES_MAX,
-        });
-    }
+    let nodes = take_header(r, WHAT)?;
     if r.len() != nodes * 16 {
         return Err(if r.len() < nodes * 16 {
             ObjectError::Truncated { what: WHAT }
@@ -203,6 +181,23 @@ pub fn decode_context(mut bytes: &[u8]) -> Result<Option<VersionVector>, ObjectE
         pairs.push((node, counter));
     }
     Ok(Some(VersionVector::from_pairs(pairs)))
+}
+
+/// Reads the format byte and the writer count both encodings start with.
+fn take_header(r: &mut &[u8], what: &'static str) -> Result<usize, ObjectError> {
+    let format = take::<1>(r, what)?[0];
+    if format != FORMAT_V1 {
+        return Err(ObjectError::UnknownFormat { what, format });
+    }
+    let nodes = usize::from(u16::from_le_bytes(take(r, what)?));
+    if nodes > CLOCK_NODES_MAX {
+        return Err(ObjectError::TooLarge {
+            what,
+            count: nodes,
+            limit: CLOCK_NODES_MAX,
+        });
+    }
+    Ok(nodes)
 }
 
 /// Splits `N` bytes off the front of `bytes`.

@@ -31,24 +31,26 @@ impl PreferenceList {
         let q = table.partition_count().get();
         assert!(partition < q, "partition {partition} out of range for {q}");
         let primaries = table.owners(partition).to_vec();
-        // Stop as soon as every possible fallback is found, instead of
-        // walking the whole ring when there are few or none (a cluster of N
-        // nodes has no fallback at all).
-        let candidates = table
-            .members()
-            .iter()
-            .filter(|m| primaries.iter().all(|p| p.node != m.id) && !is_down(m.id))
-            .count();
-        let fallbacks_max = fallbacks_max.min(candidates);
+        let members = table.members().len();
         let mut fallbacks: Vec<Owner> = Vec::with_capacity(fallbacks_max);
+        // Down nodes passed over. Once every member was seen (as a primary,
+        // a fallback or a down node), no fallback is left to find, so a
+        // small cluster stops early instead of walking the whole ring.
+        let mut down: Vec<NodeId> = Vec::new();
         for step in 1..q {
-            if fallbacks.len() >= fallbacks_max {
+            if fallbacks.len() >= fallbacks_max || primaries.len() + fallbacks.len() + down.len() >= members {
                 break;
             }
             let next = (partition + step) & (q - 1);
             for owner in table.owners(next) {
-                let seen = primaries.iter().chain(&fallbacks).any(|o| o.node == owner.node);
-                if !seen && !is_down(owner.node) && fallbacks.len() < fallbacks_max {
+                let seen =
+                    primaries.iter().chain(&fallbacks).any(|o| o.node == owner.node) || down.contains(&owner.node);
+                if seen {
+                    continue;
+                }
+                if is_down(owner.node) {
+                    down.push(owner.node);
+                } else if fallbacks.len() < fallbacks_max {
                     fallbacks.push(*owner);
                 }
             }

@@ -114,15 +114,9 @@ impl GetRound {
     }
 
     fn pending(&self) -> (usize, usize) {
-        let mut all = 0;
-        let mut primaries = 0;
-        for (send, reply) in &self.replies {
-            if matches!(reply, Reply::Pending) {
-                all += 1;
-                primaries += usize::from(send.hint_for.is_none());
-            }
-        }
-        (all, primaries)
+        super::may_still_answer(self.replies.iter().map(|(s, r)| (s, r)), |r| {
+            matches!(r, Reply::Pending)
+        })
     }
 
     fn decide(&mut self, now_ms: u64) {
@@ -182,6 +176,15 @@ mod tests {
     use super::*;
     use crate::version::{Sibling, VersionLimits};
 
+    fn plan(targets: Vec<Send>, fallbacks: Vec<NodeId>, total: usize, primaries: usize) -> GetPlan {
+        GetPlan {
+            targets,
+            fallbacks,
+            quorum: Quorum { total, primaries },
+            timeout_ms: 100,
+        }
+    }
+
     fn targets() -> Vec<Send> {
         (1..=3)
             .map(|n| Send {
@@ -203,12 +206,7 @@ mod tests {
 
     #[test]
     fn merges_r_replies_and_repairs_the_stale_ones() {
-        let plan = GetPlan {
-            targets: targets(),
-            fallbacks: Vec::new(),
-            quorum: Quorum { total: 2, primaries: 0 },
-            timeout_ms: 100,
-        };
+        let plan = plan(targets(), Vec::new(), 2, 0);
         let (mut round, sends) = GetRound::start(&plan, 0);
         assert_eq!(sends.len(), 3);
         let newer = clock(1, "a");
@@ -230,12 +228,7 @@ mod tests {
 
     #[test]
     fn concurrent_replies_become_siblings() {
-        let plan = GetPlan {
-            targets: targets(),
-            fallbacks: Vec::new(),
-            quorum: Quorum { total: 2, primaries: 0 },
-            timeout_ms: 100,
-        };
+        let plan = plan(targets(), Vec::new(), 2, 0);
         let (mut round, _) = GetRound::start(&plan, 0);
         round.handle_reply(NodeId(1), Some(clock(1, "a")), 1);
         round.handle_reply(NodeId(2), Some(clock(2, "b")), 1);
@@ -245,12 +238,7 @@ mod tests {
 
     #[test]
     fn failures_that_leave_too_few_replies_end_the_round_early() {
-        let plan = GetPlan {
-            targets: targets(),
-            fallbacks: Vec::new(),
-            quorum: Quorum { total: 2, primaries: 0 },
-            timeout_ms: 100,
-        };
+        let plan = plan(targets(), Vec::new(), 2, 0);
         let (mut round, _) = GetRound::start(&plan, 0);
         round.handle_reply(NodeId(1), None, 1);
         round.handle_reply(NodeId(2), None, 1);
@@ -265,12 +253,7 @@ mod tests {
         let mut t = targets();
         t[1].hint_for = Some(NodeId(9));
         t[2].hint_for = Some(NodeId(8));
-        let plan = GetPlan {
-            targets: t,
-            fallbacks: Vec::new(),
-            quorum: Quorum { total: 2, primaries: 2 },
-            timeout_ms: 100,
-        };
+        let plan = plan(t, Vec::new(), 2, 2);
         let (mut round, _) = GetRound::start(&plan, 0);
         assert!(matches!(
             round.poll_outcome(),
@@ -282,12 +265,7 @@ mod tests {
     fn an_empty_fallback_does_not_count_toward_r() {
         let mut t = targets();
         t[2].hint_for = Some(NodeId(9));
-        let plan = GetPlan {
-            targets: t,
-            fallbacks: Vec::new(),
-            quorum: Quorum { total: 2, primaries: 0 },
-            timeout_ms: 100,
-        };
+        let plan = plan(t, Vec::new(), 2, 0);
         let (mut round, _) = GetRound::start(&plan, 0);
         round.handle_reply(NodeId(1), Some(Clock::new()), 1);
         round.handle_reply(NodeId(3), Some(Clock::new()), 1);
@@ -302,12 +280,7 @@ mod tests {
 
     #[test]
     fn a_failed_primary_is_replaced_by_a_fallback_holding_its_hint() {
-        let plan = GetPlan {
-            targets: targets(),
-            fallbacks: vec![NodeId(4)],
-            quorum: Quorum { total: 2, primaries: 0 },
-            timeout_ms: 100,
-        };
+        let plan = plan(targets(), vec![NodeId(4)], 2, 0);
         let (mut round, _) = GetRound::start(&plan, 0);
         round.handle_reply(NodeId(1), Some(clock(1, "a")), 1);
         let next = round.handle_reply(NodeId(2), None, 1);
@@ -326,12 +299,7 @@ mod tests {
 
     #[test]
     fn silence_until_the_deadline_is_a_timeout() {
-        let plan = GetPlan {
-            targets: targets(),
-            fallbacks: Vec::new(),
-            quorum: Quorum { total: 2, primaries: 0 },
-            timeout_ms: 100,
-        };
+        let plan = plan(targets(), Vec::new(), 2, 0);
         let (mut round, _) = GetRound::start(&plan, 0);
         round.handle_tick(99);
         assert_eq!(round.poll_outcome(), None);

@@ -60,6 +60,23 @@ pub struct Quorum {
     pub primaries: usize,
 }
 
+/// Counts what may still answer: `(all, primaries)` among `sends` for which
+/// `may_answer` holds; a send with no `hint_for` is a primary's.
+fn may_still_answer<'a, T: 'a>(
+    sends: impl Iterator<Item = (&'a Send, &'a T)>,
+    may_answer: impl Fn(&T) -> bool,
+) -> (usize, usize) {
+    let mut all = 0;
+    let mut primaries = 0;
+    for (send, state) in sends {
+        if may_answer(state) {
+            all += 1;
+            primaries += usize::from(send.hint_for.is_none());
+        }
+    }
+    (all, primaries)
+}
+
 /// Counts replies toward a [`Quorum`] and decides when a round has won or
 /// can no longer win.
 #[derive(Clone, Copy, Debug)]

@@ -194,15 +194,9 @@ impl PutRound {
     /// Copies that may still be acknowledged: pending, or late (a late ack
     /// still counts).
     fn pending(&self) -> (usize, usize) {
-        let mut all = 0;
-        let mut primaries = 0;
-        for c in &self.copies {
-            if matches!(c.state, State::Pending { .. } | State::Late) {
-                all += 1;
-                primaries += usize::from(c.send.hint_for.is_none());
-            }
-        }
-        (all, primaries)
+        super::may_still_answer(self.copies.iter().map(|c| (&c.send, &c.state)), |state| {
+            matches!(state, State::Pending { .. } | State::Late)
+        })
     }
 
     fn decide(&mut self, now_ms: u64) {

@@ -234,36 +234,41 @@ impl Shard {
 
     /// Sends a version to one replica (or fallback); true if it stored it.
     pub(crate) async fn replica_put(&self, send: Send, partition: u32, key: &[u8], object: &[u8]) -> (NodeId, bool) {
-        let hint = send.hint_for.map(|p| p.0.to_le_bytes());
-        let head = Head {
-            timeout_ms: self.config.replica_timeout_ms as u32,
-            ..Head::request(Opcode::ReplicaPut, 0)
-        };
         let ok = self
-            .call_replica(
-                send.to,
-                partition,
-                head,
-                (key, hint.as_ref().map_or(&[][..], |h| &h[..]), object),
-            )
+            .call_replica(Opcode::ReplicaPut, send, partition, key, object)
             .await
             .is_ok_and(|r| r.status == Status::Ok as u8);
         (send.to, ok)
     }
 
-    /// Calls `node`'s shard for `partition` over its link.
+    /// Sends a replica message to `send.to`'s shard for `partition` over
+    /// its link; the context section names the primary a hint is for.
     async fn call_replica(
         &self,
-        node: NodeId,
+        opcode: Opcode,
+        send: Send,
         partition: u32,
-        head: Head,
-        sections: (&[u8], &[u8], &[u8]),
+        key: &[u8],
+        value: &[u8],
     ) -> Result<dynkv_net::Response, crate::server::link::LinkError> {
+        let hint = send.hint_for.map(|p| p.0.to_le_bytes());
+        let head = Head {
+            timeout_ms: self.config.replica_timeout_ms as u32,
+            ..Head::request(opcode, 0)
+        };
         let view = self.view();
-        let shard = view.shard_of(node, partition);
+        let shard = view.shard_of(send.to, partition);
         let timeout = Duration::from_millis(self.config.replica_timeout_ms);
+        let sections = (key, hint.as_ref().map_or(&[][..], |h| &h[..]), value);
         self.links
-            .call(node, shard, view.internode_addr(node, shard), head, sections, timeout)
+            .call(
+                send.to,
+                shard,
+                view.internode_addr(send.to, shard),
+                head,
+                sections,
+                timeout,
+            )
             .await
     }
 
@@ -368,19 +373,7 @@ impl Shard {
         if send.to == self.me && send.hint_for.is_none() {
             return (send.to, self.read_local(partition, key).await.ok());
         }
-        let hint = send.hint_for.map(|p| p.0.to_le_bytes());
-        let head = Head {
-            timeout_ms: self.config.replica_timeout_ms as u32,
-            ..Head::request(Opcode::ReplicaGet, 0)
-        };
-        let reply = self
-            .call_replica(
-                send.to,
-                partition,
-                head,
-                (key, hint.as_ref().map_or(&[][..], |h| &h[..]), &[]),
-            )
-            .await;
+        let reply = self.call_replica(Opcode::ReplicaGet, send, partition, key, &[]).await;
         let clock = match reply {
             Ok(r) if r.status == Status::Ok as u8 && r.value.is_empty() => Some(Clock::new()),
             Ok(r) if r.status == Status::Ok as u8 => decode_object(&r.value).ok(),

@@ -213,18 +213,7 @@ pub(crate) async fn handoff_loop(shard: Rc<Shard>) {
     let pause = Duration::from_micros(1_000_000 / shard.config.handoff_per_second_max.max(1));
     let interval = Duration::from_millis(shard.config.handoff_interval_ms);
     loop {
-        let stopped = futures_lite::future::or(
-            async {
-                glommio::timer::sleep(interval).await;
-                false
-            },
-            async {
-                shard.stopping.closed().await;
-                true
-            },
-        )
-        .await;
-        if stopped {
+        if shard.stopping.sleep(interval).await {
             return;
         }
         let batch = shard

@@ -166,18 +166,7 @@ pub(crate) async fn run(shard: Rc<Shard>, members: Rc<Members>) {
         } else {
             FORMING_PASS_MS
         };
-        let stopped = futures_lite::future::or(
-            async {
-                glommio::timer::sleep(Duration::from_millis(pause)).await;
-                false
-            },
-            async {
-                shard.stopping.closed().await;
-                true
-            },
-        )
-        .await;
-        if stopped {
+        if shard.stopping.sleep(Duration::from_millis(pause)).await {
             return;
         }
     }

@@ -64,6 +64,22 @@ impl Gate {
         gate
     }
 
+    /// Sleeps for `pause` unless shutdown comes first; returns true if it
+    /// did (the caller should stop).
+    pub(crate) async fn sleep(&self, pause: std::time::Duration) -> bool {
+        futures_lite::future::or(
+            async {
+                glommio::timer::sleep(pause).await;
+                false
+            },
+            async {
+                self.closed().await;
+                true
+            },
+        )
+        .await
+    }
+
     /// Resolves when the node is shutting down.
     pub(crate) async fn closed(&self) {
         // No permit is ever signalled: acquiring only ends when the
