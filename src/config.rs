@@ -62,6 +62,10 @@ pub(crate) struct ServeConfig {
     /// Pause between handoff passes, and hints delivered per second at most.
     pub(crate) handoff_interval_ms: u64,
     pub(crate) handoff_per_second_max: u64,
+    /// Anti-entropy compares one owned partition with its other replicas
+    /// every this many ms, repairing at most this many keys per second.
+    pub(crate) anti_entropy_partition_pause_ms: u64,
+    pub(crate) anti_entropy_keys_per_second_max: u64,
 }
 
 impl Default for ServeConfig {
@@ -93,6 +97,8 @@ impl Default for ServeConfig {
             hint_age_max_ms: 3 * 3600 * 1000,
             handoff_interval_ms: 1_000,
             handoff_per_second_max: 5_000,
+            anti_entropy_partition_pause_ms: 100,
+            anti_entropy_keys_per_second_max: 1_000,
         }
     }
 }
@@ -238,6 +244,13 @@ impl ServeConfig {
         }
         if self.replica_timeout_ms == 0 || self.request_timeout_ms == 0 || self.siblings_max == 0 {
             return Err("replica_timeout_ms, request_timeout_ms and siblings_max must be positive".into());
+        }
+        if self.anti_entropy_partition_pause_ms == 0
+            || self.anti_entropy_keys_per_second_max == 0
+            || self.handoff_interval_ms == 0
+            || self.handoff_per_second_max == 0
+        {
+            return Err("the handoff and anti-entropy intervals and rates must be positive".into());
         }
         self.engine_config(0).validate().map_err(|e| e.to_string())
     }

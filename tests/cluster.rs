@@ -21,6 +21,8 @@ const NODES: usize = 3;
 
 struct Cluster {
     n: usize,
+    /// Extra `dynkv serve` arguments for every node.
+    extra: Vec<String>,
     dirs: Vec<tempfile::TempDir>,
     ports: Vec<Ports>,
     nodes: Vec<Option<Node>>,
@@ -29,10 +31,15 @@ struct Cluster {
 impl Cluster {
     /// Three nodes with `n` replicas per key (R = W = 2).
     fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, Vec::new())
+    }
+
+    fn start_with(n: usize, extra: Vec<String>) -> Cluster {
         let ports: Vec<Ports> = (0..NODES).map(|_| free_ports()).collect();
         let dirs: Vec<tempfile::TempDir> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut cluster = Cluster {
             n,
+            extra,
             dirs,
             ports,
             nodes: (0..NODES).map(|_| None).collect(),
@@ -57,6 +64,7 @@ impl Cluster {
             .map(ToString::to_string)
             .collect();
         args.extend(["--peers".to_string(), peers.join(",")]);
+        args.extend(self.extra.iter().cloned());
         args
     }
 
@@ -363,4 +371,55 @@ fn concurrent_writes_make_siblings_that_a_context_resolves_and_strangers_are_kep
         }
     });
     cluster.stop_all();
+}
+
+#[test]
+fn anti_entropy_alone_repairs_a_node_that_missed_writes() {
+    // No hint is ever kept (the hint store holds 0 bytes), and nothing
+    // reads the keys: only anti-entropy can bring node 2 up to date.
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("dynkv.toml");
+    std::fs::write(
+        &config,
+        "hints_max_mib = 0\nanti_entropy_partition_pause_ms = 2\nanti_entropy_keys_per_second_max = 100000\n",
+    )
+    .unwrap();
+    let mut cluster = Cluster::start_with(3, vec!["--config".into(), config.to_str().unwrap().into()]);
+    cluster.nodes[2].take().unwrap().kill();
+    let keys: Vec<String> = (0..80).map(|i| format!("missed-{i}")).collect();
+    let a = cluster.node(0).addr();
+    run({
+        let keys = keys.clone();
+        async move {
+            let client = Client::connect(a, client_options()).await.unwrap();
+            for key in &keys {
+                client.put(key.as_bytes(), &value_of(key), None).await.unwrap();
+            }
+        }
+    });
+    let refused: u64 = (0..2)
+        .map(|i| cluster.metric(i, "dynkv_hints_dropped_full_total"))
+        .sum();
+    assert!(refused > 0, "the hints for node 2 were refused");
+    cluster.spawn(2);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let repaired: u64 = (0..3)
+            .map(|i| cluster.metric(i, "dynkv_anti_entropy_repaired_total"))
+            .sum();
+        let passes = cluster.metric(2, "dynkv_anti_entropy_passes_total");
+        if repaired >= keys.len() as u64 && passes >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "anti-entropy repaired {repaired} keys in 90 s ({passes} passes on node 2)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.stop_all();
+    for key in &keys {
+        let values = stored_values(cluster.dirs[2].path(), key.as_bytes());
+        assert_eq!(values, vec![value_of(key)], "{key} on node 2");
+    }
 }

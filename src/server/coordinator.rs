@@ -88,7 +88,7 @@ impl Shard {
                 self.coordinate_put(partition, key, write_context, sibling, options)
                     .await
             }
-            Op::Stats | Op::ReplicaGet | Op::ReplicaPut => unreachable!("routed elsewhere"),
+            Op::Stats | Op::ReplicaGet | Op::ReplicaPut | Op::Merkle => unreachable!("routed elsewhere"),
         }
     }
 
@@ -243,7 +243,7 @@ impl Shard {
 
     /// Sends a replica message to `send.to`'s shard for `partition` over
     /// its link; the context section names the primary a hint is for.
-    async fn call_replica(
+    pub(crate) async fn call_replica(
         &self,
         opcode: Opcode,
         send: Send,

@@ -25,6 +25,12 @@ pub(crate) struct ShardCounters {
     errors: Cell<u64>,
     pub(crate) forwarded: Cell<u64>,
     pub(crate) read_repairs: Cell<u64>,
+    /// Anti-entropy: partition comparisons with a peer, those whose roots
+    /// differed, keys repaired, and passes over the shard's partitions.
+    pub(crate) ae_compared: Cell<u64>,
+    pub(crate) ae_differing: Cell<u64>,
+    pub(crate) ae_repaired: Cell<u64>,
+    pub(crate) ae_passes: Cell<u64>,
     latency: [Cell<u64>; LATENCY_BUCKETS_US.len() + 1],
     latency_sum_us: Cell<u64>,
 }
@@ -36,12 +42,13 @@ pub(crate) struct CountersSnapshot {
     pub(crate) errors: u64,
     pub(crate) forwarded: u64,
     pub(crate) read_repairs: u64,
+    pub(crate) ae: [u64; 4],
     pub(crate) latency: [u64; LATENCY_BUCKETS_US.len() + 1],
     pub(crate) latency_sum_us: u64,
     pub(crate) connections: usize,
 }
 
-const OP_NAMES: [&str; OP_COUNT] = ["get", "put", "delete", "stats", "replica_get", "replica_put"];
+const OP_NAMES: [&str; OP_COUNT] = ["get", "put", "delete", "stats", "replica_get", "replica_put", "merkle"];
 
 /// A `Send` copy of a shard's hint figures.
 #[derive(Clone, Debug, Default)]
@@ -76,6 +83,12 @@ impl ShardCounters {
             errors: self.errors.get(),
             forwarded: self.forwarded.get(),
             read_repairs: self.read_repairs.get(),
+            ae: [
+                self.ae_compared.get(),
+                self.ae_differing.get(),
+                self.ae_repaired.get(),
+                self.ae_passes.get(),
+            ],
             latency: std::array::from_fn(|i| self.latency[i].get()),
             latency_sum_us: self.latency_sum_us.get(),
             connections,
@@ -132,6 +145,33 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
         "Replicas sent the merged version after a read found them behind.",
         &mut reports.iter().map(|r| (shard(r), r.counters.read_repairs)),
     );
+    let anti_entropy = [
+        (
+            "dynkv_anti_entropy_compared_total",
+            "Partition comparisons with a peer replica.",
+        ),
+        (
+            "dynkv_anti_entropy_differing_total",
+            "Comparisons whose Merkle roots differed.",
+        ),
+        (
+            "dynkv_anti_entropy_repaired_total",
+            "Keys merged by anti-entropy (either side changed).",
+        ),
+        (
+            "dynkv_anti_entropy_passes_total",
+            "Completed passes over the shard's partitions.",
+        ),
+    ];
+    for (i, (name, help)) in anti_entropy.iter().enumerate() {
+        metric(
+            &mut out,
+            name,
+            "counter",
+            help,
+            &mut reports.iter().map(|r| (shard(r), r.counters.ae[i])),
+        );
+    }
     let hints: [(&str, &str, &str, HintGauge); 6] = [
         (
             "dynkv_hints_pending",

@@ -3,6 +3,7 @@
 //! channels to every other shard. Shard 0 also serves metrics.
 
 mod actor;
+mod anti_entropy;
 mod auth;
 mod context_seal;
 mod coordinator;
@@ -239,14 +240,17 @@ async fn shard_main(
         announce(&config, me);
         glommio::spawn_local(members::run(shard.clone(), members)).detach();
     }
-    // Handoff is background work: a low share of the shard's time.
+    // Handoff and anti-entropy are background work: a low share of the
+    // shard's time.
     let background = glommio::executor().create_task_queue(
         glommio::Shares::Static(BACKGROUND_SHARES),
         glommio::Latency::NotImportant,
-        "handoff",
+        "background",
     );
     let handoff = glommio::spawn_local_into(hints::handoff_loop(shard.clone()), background)
         .map_err(|e| format!("cannot start hinted handoff: {e}"))?;
+    let repair = glommio::spawn_local_into(anti_entropy::anti_entropy_loop(shard.clone()), background)
+        .map_err(|e| format!("cannot start anti-entropy: {e}"))?;
     let mut accept_loops = vec![
         glommio::spawn_local(accept_loop(shard.clone(), native, open.clone(), native::serve_client)),
         glommio::spawn_local(accept_loop(
@@ -269,6 +273,7 @@ async fn shard_main(
         task.await;
     }
     handoff.await;
+    repair.await;
     // Every shard waits for every connection of the node, since requests
     // read anywhere may still be forwarded here.
     let deadline = Instant::now() + DRAIN_TIMEOUT;

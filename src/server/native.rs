@@ -85,6 +85,7 @@ fn respond(shard: &Shard, out: &mut Vec<u8>, frame: &Frame<'_>, outcome: Outcome
             );
             encode(out, &Head::response(opcode, id, Status::Ok), &[], &context, &siblings);
         }
+        Outcome::Bytes(bytes) => encode(out, &Head::response(opcode, id, Status::Ok), &[], &[], &bytes),
         Outcome::Stats(report) => {
             let text = format!("{report:#?}\n");
             encode(out, &Head::response(opcode, id, Status::Ok), &[], &[], text.as_bytes());
@@ -157,6 +158,7 @@ async fn handle(shard: &Rc<Shard>, frame: &Frame<'_>, out: &RefCell<Vec<u8>>, po
         (Some(Opcode::Delete), _) => Op::Delete,
         (Some(Opcode::ReplicaGet), Port::Internode) => Op::ReplicaGet,
         (Some(Opcode::ReplicaPut), Port::Internode) => Op::ReplicaPut,
+        (Some(Opcode::MerkleExchange), Port::Internode) => Op::Merkle,
         (Some(Opcode::Ping), _) => return reply(out, frame, Status::Ok, &[]),
         (Some(Opcode::Stats), _) => {
             let text = crate::server::metrics::render(&shard.all_reports().await);

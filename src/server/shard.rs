@@ -44,9 +44,11 @@ pub(crate) enum Op {
     ReplicaGet,
     /// Internode: merge a version into a replica (or a hint).
     ReplicaPut,
+    /// Internode: part of a partition's Merkle tree, for anti-entropy.
+    Merkle,
 }
 
-pub(crate) const OP_COUNT: usize = 6;
+pub(crate) const OP_COUNT: usize = 7;
 /// Longest timeout a client may ask for.
 const REQUEST_TIMEOUT_MAX_MS: u64 = 60_000;
 
@@ -75,6 +77,8 @@ pub(crate) enum Outcome {
     /// A key's merged version (empty if no replica had it).
     Object(Box<Clock>),
     Stats(Box<ShardReport>),
+    /// Raw bytes for the response's value (Merkle exchanges).
+    Bytes(Vec<u8>),
     Failed(Status, String),
 }
 
@@ -246,6 +250,9 @@ impl Shard {
         if op == Op::Stats {
             return Outcome::Stats(Box::new(self.report()));
         }
+        if op == Op::Merkle {
+            return self.route_merkle(key, context, value, options).await;
+        }
         if key.len() > self.config.key_max_bytes {
             let message = format!("key of {} bytes exceeds {}", key.len(), self.config.key_max_bytes);
             return Outcome::failed(Status::KeyTooLarge, message);
@@ -277,6 +284,30 @@ impl Shard {
                 self.forward_to_primary(op, partition, key, context, value, options)
                     .await
             }
+        }
+    }
+
+    /// A Merkle request runs on the shard owning its partition.
+    async fn route_merkle(&self, key: &[u8], context: &[u8], value: &[u8], options: RequestOptions) -> Outcome {
+        let Some((partition, what, index)) = crate::server::anti_entropy::parse_request(key) else {
+            return Outcome::failed(
+                Status::BadRequest,
+                "a Merkle request key is partition u32 | what u8 | index u16",
+            );
+        };
+        if partition >= self.q.get() {
+            return Outcome::failed(Status::BadRequest, format!("partition {partition} out of range"));
+        }
+        match self.view().local_owner_shard(partition) {
+            Some(shard) if usize::from(shard) == self.id => self.merkle_answer(partition, what, index),
+            Some(shard) => {
+                self.forward(usize::from(shard), Op::Merkle, key, context, value, options)
+                    .await
+            }
+            None => Outcome::failed(
+                Status::NotPrimary,
+                format!("node {} is not a primary of partition {partition}", self.me),
+            ),
         }
     }
 
