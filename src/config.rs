@@ -66,6 +66,8 @@ pub(crate) struct ServeConfig {
     /// every this many ms, repairing at most this many keys per second.
     pub(crate) anti_entropy_partition_pause_ms: u64,
     pub(crate) anti_entropy_keys_per_second_max: u64,
+    /// Pause between gossip rounds with every known member.
+    pub(crate) gossip_interval_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -99,6 +101,7 @@ impl Default for ServeConfig {
             handoff_per_second_max: 5_000,
             anti_entropy_partition_pause_ms: 100,
             anti_entropy_keys_per_second_max: 1_000,
+            gossip_interval_ms: 1_000,
         }
     }
 }
@@ -249,6 +252,7 @@ impl ServeConfig {
             || self.anti_entropy_keys_per_second_max == 0
             || self.handoff_interval_ms == 0
             || self.handoff_per_second_max == 0
+            || self.gossip_interval_ms == 0
         {
             return Err("the handoff and anti-entropy intervals and rates must be positive".into());
         }

@@ -128,7 +128,11 @@ pub(crate) fn run(args: CtlArgs) -> Result<(), String> {
                 } else {
                     "forming"
                 };
-                println!("cluster: {} member(s), {ready}", first("dynkv_cluster_members"));
+                println!(
+                    "cluster: {} member(s), {} down, {ready}",
+                    first("dynkv_cluster_members"),
+                    first("dynkv_cluster_members_down")
+                );
                 let pending = metric_values(&stats, "dynkv_hints_pending");
                 let bytes = metric_values(&stats, "dynkv_hints_pending_bytes");
                 println!(

@@ -233,6 +233,12 @@ fn writes_survive_a_killed_node_and_hinted_handoff_brings_it_up_to_date() {
     });
     let pending: u64 = (0..2).map(|i| cluster.metric(i, "dynkv_hints_pending")).sum();
     assert!(pending > 0, "the coordinators keep hints for the dead node");
+    // Gossip's failure detector notices the silence.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.metric(0, "dynkv_cluster_members_down") == 0 {
+        assert!(Instant::now() < deadline, "node 0 never held node 2 down");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     cluster.spawn(2);
     let deadline = Instant::now() + Duration::from_secs(60);
     while (0..2).map(|i| cluster.metric(i, "dynkv_hints_pending")).sum::<u64>() > 0 {
@@ -241,6 +247,14 @@ fn writes_survive_a_killed_node_and_hinted_handoff_brings_it_up_to_date() {
     }
     let delivered: u64 = (0..2).map(|i| cluster.metric(i, "dynkv_hints_delivered_total")).sum();
     assert!(delivered >= after.len() as u64, "{delivered} hints delivered");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.metric(0, "dynkv_cluster_members_down") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "node 0 still holds node 2 down after it returned"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     cluster.stop_all();
     for i in 0..NODES {
         for key in before.iter().chain(&after) {

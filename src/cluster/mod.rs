@@ -10,10 +10,13 @@
 //!   replaced by the next fallback, which stores a hint naming it.
 //! - [`GetRound`]: one read, from R replies to the merged value, and the
 //!   read repairs owed to replicas that answered with less.
+//! - [`liveness`]: which peers are down, by phi accrual over the times they
+//!   were last heard from.
 //! - [`merkle_sync`]: what anti-entropy exchanges between two replicas of
 //!   a partition, from their Merkle trees.
 
 mod get;
+pub mod liveness;
 pub mod merkle_sync;
 mod put;
 pub mod replica;

@@ -222,7 +222,7 @@ pub(crate) async fn anti_entropy_loop(shard: Rc<Shard>) {
         }
         last = Some(partition);
         for owner in view.primaries(partition) {
-            if owner.node == shard.me || shard.links.is_down(owner.node) {
+            if owner.node == shard.me || shard.is_down(owner.node) {
                 continue;
             }
             shard.counters.ae_compared.set(shard.counters.ae_compared.get() + 1);

@@ -138,12 +138,12 @@ impl Shard {
             // The only replica: the local write was the whole round.
             return Outcome::Done;
         }
-        let Some(pref) = view.preference(partition, |n| self.links.is_down(n)) else {
+        let Some(pref) = view.preference(partition, |n| self.is_down(n)) else {
             return Outcome::failed(Status::Unavailable, "cluster is forming");
         };
         let primaries: Vec<NodeId> = pref.primaries.iter().map(|o| o.node).collect();
         let plan = PutPlan {
-            down: primaries.iter().copied().filter(|n| self.links.is_down(*n)).collect(),
+            down: primaries.iter().copied().filter(|n| self.is_down(*n)).collect(),
             fallbacks: pref.fallbacks.iter().map(|o| o.node).collect(),
             quorum: self.quorum(options.quorum, self.config.w, options.primary_quorum, primaries.len()),
             primaries,
@@ -281,13 +281,13 @@ impl Shard {
                 Err(outcome) => outcome,
             };
         }
-        let Some(pref) = view.preference(partition, |n| self.links.is_down(n)) else {
+        let Some(pref) = view.preference(partition, |n| self.is_down(n)) else {
             return Outcome::failed(Status::Unavailable, "cluster is forming");
         };
         let mut fallbacks = pref.fallbacks.iter().map(|o| o.node);
         let mut targets = Vec::with_capacity(pref.primaries.len());
         for primary in &pref.primaries {
-            if primary.node == self.me || !self.links.is_down(primary.node) {
+            if primary.node == self.me || !self.is_down(primary.node) {
                 targets.push(Send {
                     to: primary.node,
                     hint_for: None,

@@ -218,7 +218,7 @@ pub(crate) async fn handoff_loop(shard: Rc<Shard>) {
         }
         let batch = shard
             .hints
-            .batch(HANDOFF_BATCH_MAX, |target| shard.links.is_down(target))
+            .batch(HANDOFF_BATCH_MAX, |target| shard.is_down(target))
             .await;
         for hint in batch {
             if crate::server::shutdown::requested() {

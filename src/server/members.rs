@@ -1,15 +1,21 @@
-//! Membership from a seed list (`peers`), kept by shard 0.
+//! Membership and liveness, kept by shard 0: gossip with the configured
+//! seeds (`peers`) and every known member, and a failure detector.
 //!
 //! At start the node loads the membership it last knew from its data
-//! directory, adds its own record (with a raised incarnation, so a changed
-//! address wins), and then exchanges memberships with every configured peer
-//! over an authenticated internode connection: a short pass until every
-//! peer has been heard from, then a slow one. Any change is written back to
-//! the data directory and sent to every shard as a new [`ClusterView`].
+//! directory and adds its own record (with a raised incarnation, so a
+//! changed address wins). Every `gossip_interval_ms` it exchanges with each
+//! known member over its persistent internode link, digest first: a peer
+//! whose digest matches answers "same"; otherwise the full states are
+//! swapped and merged (push-pull). Seeds not yet known by id get the full
+//! state over a fresh authenticated connection. Any change is written back
+//! to the data directory and sent to every shard as a new [`ClusterView`].
 //!
-//! This is the one membership source of this version; gossip with a failure
-//! detector will replace the seed exchange behind the same interface
-//! (`Members::merge` and the views it produces).
+//! Every exchange, either way, counts as hearing from that peer; a phi-
+//! accrual detector per peer (`dynkv::cluster::liveness`) turns silence into
+//! "down", and the down set goes to every shard, whose coordinators then
+//! send that node's copies straight to fallbacks. Contacting every member
+//! each round suits clusters of tens of nodes; larger ones want a random
+//! subset (Dynamo's one peer a second).
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -18,6 +24,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynkv::cluster::liveness::FailureDetector;
 use dynkv_net::{ClientOptions, Connection, Head, Opcode, Status};
 use dynkv_ring::{Lifecycle, Liveness, Membership, NodeId, NodeRecord, PartitionCount, ZoneId};
 use glommio::net::TcpStream;
@@ -28,10 +35,14 @@ use crate::server::shard::Shard;
 use crate::server::view::ClusterView;
 
 const MEMBERSHIP_FILE: &str = "membership";
-/// Pause between exchange passes while peers are missing, and after.
+/// Pause between gossip rounds while peers are missing (then
+/// `gossip_interval_ms`).
 const FORMING_PASS_MS: u64 = 200;
-const STEADY_PASS_MS: u64 = 5_000;
 const EXCHANGE_TIMEOUT_MS: u64 = 2_000;
+/// Gossip payload kinds: a digest, a full membership, or "same".
+const GOSSIP_DIGEST: u8 = 1;
+const GOSSIP_FULL: u8 = 2;
+const GOSSIP_SAME: u8 = 0;
 
 pub(crate) struct Members {
     me: NodeId,
@@ -41,6 +52,10 @@ pub(crate) struct Members {
     path: PathBuf,
     secret: Vec<u8>,
     membership: RefCell<Membership>,
+    detector: RefCell<FailureDetector>,
+    /// The down set last sent to the shards.
+    down: RefCell<Vec<NodeId>>,
+    gossip_interval_ms: u64,
 }
 
 /// Resolves the configured peer addresses.
@@ -90,6 +105,9 @@ impl Members {
             path,
             secret: config.cluster_secret.as_bytes().to_vec(),
             membership: RefCell::new(membership),
+            detector: RefCell::new(FailureDetector::new(dynkv_ring::PhiConfig::default())),
+            down: RefCell::new(Vec::new()),
+            gossip_interval_ms: config.gossip_interval_ms,
         };
         members.persist()?;
         Ok(members)
@@ -131,8 +149,98 @@ impl Members {
         }
     }
 
-    /// One exchange with a peer: send ours, merge theirs.
-    async fn exchange(&self, addr: SocketAddr) -> Result<Membership, String> {
+    /// A gossip request: `sender u64 | kind u8 | payload`.
+    fn request(&self, kind: u8) -> Vec<u8> {
+        let mut out = self.me.0.to_le_bytes().to_vec();
+        out.push(kind);
+        match kind {
+            GOSSIP_DIGEST => out.extend_from_slice(&self.membership.borrow().digest().to_le_bytes()),
+            _ => out.extend_from_slice(&self.encoded()),
+        }
+        out
+    }
+
+    /// Answers a peer's gossip request (on shard 0): records that the
+    /// sender was heard, merges a full state, and answers "same" or ours.
+    pub(crate) async fn answer(&self, shard: &Shard, request: &[u8]) -> Result<Vec<u8>, String> {
+        if request.len() < 9 {
+            return Err("a gossip request starts with the sender's id and a kind".into());
+        }
+        let sender = NodeId(u64::from_le_bytes(request[..8].try_into().expect("8 bytes")));
+        let (kind, payload) = (request[8], &request[9..]);
+        let same = match kind {
+            GOSSIP_DIGEST if payload.len() == 8 => {
+                u64::from_le_bytes(payload.try_into().expect("8 bytes")) == self.membership.borrow().digest()
+            }
+            GOSSIP_FULL => {
+                let theirs = Membership::decode(payload).map_err(|e| e.to_string())?;
+                self.merge(shard, &theirs).await;
+                theirs.digest() == self.membership.borrow().digest()
+            }
+            _ => return Err(format!("unknown gossip kind {kind}")),
+        };
+        if self.membership.borrow().get(sender).is_some() {
+            self.detector.borrow_mut().heard(sender, shard.now_ms());
+        }
+        Ok(if same { vec![GOSSIP_SAME] } else { self.request_reply() })
+    }
+
+    fn request_reply(&self) -> Vec<u8> {
+        let mut out = vec![GOSSIP_FULL];
+        out.extend_from_slice(&self.encoded());
+        out
+    }
+
+    /// Takes a reply: merges a full state; true if the peer's state lacked
+    /// something ours has (so ours should be pushed).
+    async fn take_reply(&self, shard: &Shard, reply: &[u8]) -> Result<bool, String> {
+        match reply.split_first() {
+            Some((&GOSSIP_SAME, [])) => Ok(false),
+            Some((&GOSSIP_FULL, payload)) => {
+                let theirs = Membership::decode(payload).map_err(|e| e.to_string())?;
+                self.merge(shard, &theirs).await;
+                Ok(theirs.digest() != self.membership.borrow().digest())
+            }
+            _ => Err("malformed gossip reply".into()),
+        }
+    }
+
+    /// One round with a known member over its persistent link: digest,
+    /// then full states both ways if they differ.
+    async fn gossip_with(&self, shard: &Shard, node: NodeId) -> Result<(), String> {
+        let view = shard.view();
+        let addr = view.internode_addr(node, 0);
+        let timeout = Duration::from_millis(EXCHANGE_TIMEOUT_MS);
+        let call = |body: Vec<u8>| async move {
+            let response = shard
+                .links
+                .call(
+                    node,
+                    0,
+                    addr,
+                    Head::request(Opcode::Gossip, 0),
+                    (&[], &[], &body),
+                    timeout,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if response.status != Status::Ok as u8 {
+                return Err(String::from_utf8_lossy(&response.value).into_owned());
+            }
+            Ok(response.value)
+        };
+        let reply = call(self.request(GOSSIP_DIGEST)).await?;
+        self.detector.borrow_mut().heard(node, shard.now_ms());
+        if self.take_reply(shard, &reply).await? {
+            let reply = call(self.request(GOSSIP_FULL)).await?;
+            self.take_reply(shard, &reply).await?;
+        }
+        Ok(())
+    }
+
+    /// Pushes our full state to a seed known only by address (a fresh
+    /// authenticated connection) and merges its answer.
+    async fn gossip_with_seed(&self, shard: &Shard, addr: SocketAddr) -> Result<(), String> {
         let timeout = Duration::from_millis(EXCHANGE_TIMEOUT_MS);
         let mut stream = TcpStream::connect_timeout(addr, timeout)
             .await
@@ -142,27 +250,84 @@ impl Members {
             .map_err(|e| e.to_string())?;
         let conn = Connection::from_stream(stream, addr, &ClientOptions::default());
         let response = conn
-            .call(Head::request(Opcode::Gossip, 0), &[], &[], &self.encoded(), timeout)
+            .call(
+                Head::request(Opcode::Gossip, 0),
+                &[],
+                &[],
+                &self.request(GOSSIP_FULL),
+                timeout,
+            )
             .await
             .map_err(|e| e.to_string())?;
         if response.status != Status::Ok as u8 {
             return Err(String::from_utf8_lossy(&response.value).into_owned());
         }
-        Membership::decode(&response.value).map_err(|e| e.to_string())
+        self.take_reply(shard, &response.value).await.map(|_| ())
+    }
+
+    /// Peers (not this node, not gone) and seeds not yet known by id.
+    fn targets(&self) -> (Vec<NodeId>, Vec<SocketAddr>) {
+        let membership = self.membership.borrow();
+        let known: Vec<&NodeRecord> = membership
+            .records()
+            .filter(|r| r.id != self.me && r.lifecycle != Lifecycle::Left)
+            .collect();
+        let known_addrs: Vec<SocketAddr> = known.iter().filter_map(|r| r.address.parse().ok()).collect();
+        let seeds = self
+            .peers
+            .iter()
+            .copied()
+            .filter(|p| !known_addrs.contains(p))
+            .collect();
+        (known.iter().map(|r| r.id).collect(), seeds)
+    }
+
+    /// Recomputes the down set; sends it to the shards when it changed.
+    async fn publish_liveness(&self, shard: &Shard, peers: &[NodeId]) {
+        let now = shard.now_ms();
+        let down = {
+            let mut detector = self.detector.borrow_mut();
+            detector.retain(peers);
+            for peer in peers {
+                detector.track(*peer, now);
+            }
+            detector.down(now)
+        };
+        if *self.down.borrow() == down {
+            return;
+        }
+        for node in down.iter().filter(|n| !self.down.borrow().contains(n)) {
+            tracing::warn!(%node, "node is down (no answer to gossip)");
+        }
+        for node in self.down.borrow().iter().filter(|n| !down.contains(n)) {
+            tracing::info!(%node, "node is up again");
+        }
+        *self.down.borrow_mut() = down.clone();
+        shard.broadcast_down(Arc::new(down)).await;
     }
 }
 
-/// Exchanges membership with the configured peers until shutdown.
+/// Gossips until shutdown.
 pub(crate) async fn run(shard: Rc<Shard>, members: Rc<Members>) {
     loop {
-        for &peer in &members.peers {
-            match members.exchange(peer).await {
-                Ok(theirs) => members.merge(&shard, &theirs).await,
-                Err(err) => tracing::debug!(%peer, "membership exchange failed: {err}"),
+        let (peers, seeds) = members.targets();
+        for &seed in &seeds {
+            if let Err(err) = members.gossip_with_seed(&shard, seed).await {
+                tracing::debug!(%seed, "gossip with a seed failed: {err}");
             }
         }
+        let rounds = peers.iter().map(|&node| {
+            let (members, shard) = (members.clone(), shard.clone());
+            async move {
+                if let Err(err) = members.gossip_with(&shard, node).await {
+                    tracing::debug!(%node, "gossip failed: {err}");
+                }
+            }
+        });
+        futures::future::join_all(rounds).await;
+        members.publish_liveness(&shard, &peers).await;
         let pause = if shard.view().table.is_some() {
-            STEADY_PASS_MS
+            members.gossip_interval_ms
         } else {
             FORMING_PASS_MS
         };

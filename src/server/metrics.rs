@@ -225,6 +225,13 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
     );
     metric(
         &mut out,
+        "dynkv_cluster_members_down",
+        "gauge",
+        "Members the failure detector holds down (no answer to gossip).",
+        &mut reports.iter().map(|r| (shard(r), r.down)),
+    );
+    metric(
+        &mut out,
         "dynkv_cluster_ready",
         "gauge",
         "1 once every configured peer was heard from and partitions are placed; 0 while forming.",

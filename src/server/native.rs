@@ -17,7 +17,7 @@ use dynkv_net::{
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-use dynkv_ring::{Membership, NodeId};
+use dynkv_ring::NodeId;
 
 use crate::server::auth;
 use crate::server::recv::{RecvBuf, READ_CHUNK_BYTES};
@@ -184,12 +184,9 @@ async fn gossip(shard: &Rc<Shard>, frame: &Frame<'_>, out: &RefCell<Vec<u8>>) {
     let Some(members) = shard.members.clone() else {
         return reply(out, frame, Status::BadRequest, b"membership is kept by shard 0");
     };
-    match Membership::decode(frame.value) {
-        Ok(theirs) => {
-            members.merge(shard, &theirs).await;
-            reply(out, frame, Status::Ok, &members.encoded());
-        }
-        Err(err) => reply(out, frame, Status::BadRequest, err.to_string().as_bytes()),
+    match members.answer(shard, frame.value).await {
+        Ok(answer) => reply(out, frame, Status::Ok, &answer),
+        Err(err) => reply(out, frame, Status::BadRequest, err.as_bytes()),
     }
 }
 

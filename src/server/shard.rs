@@ -99,6 +99,8 @@ pub(crate) struct ShardReport {
     /// partition table is placed (false while forming).
     pub(crate) members: u64,
     pub(crate) ready: bool,
+    /// Members the failure detector holds down.
+    pub(crate) down: u64,
 }
 
 /// A request forwarded from another shard of this node.
@@ -116,6 +118,8 @@ pub(crate) enum ShardMsg {
     Request(Forwarded),
     /// A new cluster view, from shard 0.
     View(Arc<ClusterView>),
+    /// The nodes the failure detector now holds down, from shard 0.
+    Down(Arc<Vec<NodeId>>),
 }
 
 pub(crate) fn engine_failure(err: EngineError) -> Outcome {
@@ -142,6 +146,8 @@ pub(crate) struct Shard {
     pub(crate) q: PartitionCount,
     pub(crate) limits: VersionLimits,
     view: RefCell<Rc<ClusterView>>,
+    /// Nodes the failure detector holds down (this shard's copy).
+    detected_down: RefCell<Rc<Vec<NodeId>>>,
     senders: Senders<ShardMsg>,
     pub(crate) links: Links,
     /// Serializes read-modify-write of one key on this shard.
@@ -191,6 +197,7 @@ impl Shard {
             q: parts.q,
             limits,
             view: RefCell::new(Rc::new((*parts.view).clone())),
+            detected_down: RefCell::new(Rc::new(Vec::new())),
             senders: parts.senders,
             key_locks: KeyLocks::default(),
             counters: ShardCounters::default(),
@@ -209,6 +216,25 @@ impl Shard {
     /// Installs a view received from shard 0, as this shard's own copy.
     pub(crate) fn set_view(&self, view: &ClusterView) {
         *self.view.borrow_mut() = Rc::new(view.clone());
+    }
+
+    /// True if `node` should be treated as down: the failure detector says
+    /// so, or this shard's link to it is backing off after a failure.
+    pub(crate) fn is_down(&self, node: NodeId) -> bool {
+        self.links.is_down(node) || self.detected_down.borrow().contains(&node)
+    }
+
+    /// Nodes the failure detector holds down.
+    pub(crate) fn down_nodes(&self) -> Rc<Vec<NodeId>> {
+        self.detected_down.borrow().clone()
+    }
+
+    /// Sends the failure detector's down set to every shard.
+    pub(crate) async fn broadcast_down(&self, down: Arc<Vec<NodeId>>) {
+        *self.detected_down.borrow_mut() = Rc::new((*down).clone());
+        for peer in (0..self.senders.nr_consumers()).filter(|&s| s != self.id) {
+            let _ = self.senders.send_to(peer, ShardMsg::Down(down.clone())).await;
+        }
     }
 
     /// Monotonic milliseconds, the clock of the coordinator state machines.
@@ -368,6 +394,7 @@ impl Shard {
             },
             members: self.view().membership.records().count() as u64,
             ready: self.view().table.is_some(),
+            down: self.down_nodes().len() as u64,
         }
     }
 
@@ -400,6 +427,7 @@ impl Shard {
                 while let Some(msg) = receiver.recv().await {
                     match msg {
                         ShardMsg::View(view) => shard.set_view(&view),
+                        ShardMsg::Down(down) => *shard.detected_down.borrow_mut() = Rc::new((*down).clone()),
                         ShardMsg::Request(req) => {
                             let shard = shard.clone();
                             glommio::spawn_local(async move {
