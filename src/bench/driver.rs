@@ -15,7 +15,7 @@ use dynkv_net::{CallOptions, Client, ClientError, ClientOptions};
 use rand::SeedableRng;
 use rand_xorshift::XorShiftRng;
 
-use crate::bench::report::Recorder;
+use crate::bench::report::{Recorder, Seen};
 use crate::bench::workload::{key_of, KeyChooser, Mix, OpKind, ValueSize};
 
 /// Requests an open-loop thread lets wait for a free slot before it counts
@@ -30,11 +30,25 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     /// Operations left to start (u64::MAX without a count limit).
     pub(crate) budget: AtomicU64,
-    /// One past the newest key written (inserts move it).
+    /// One past the newest key whose write was acknowledged: reads choose
+    /// below it, as YCSB's acknowledged-insert counter does.
     pub(crate) newest_key: AtomicU64,
+    /// The next key an insert writes.
+    pub(crate) next_insert: AtomicU64,
+    /// Measurement window: when the first thread was ready to send (ns
+    /// after the start) and when the last one finished.
+    pub(crate) ready_ns: AtomicU64,
+    pub(crate) done_ns: AtomicU64,
 }
 
 impl Shared {
+    pub(crate) fn new() -> Shared {
+        Shared {
+            ready_ns: AtomicU64::new(u64::MAX),
+            ..Shared::default()
+        }
+    }
+
     /// Claims one operation of the budget; false when the run is over.
     fn claim(&self) -> bool {
         !self.stop.load(Ordering::Relaxed)
@@ -60,6 +74,7 @@ pub(crate) struct Plan {
     pub(crate) write: CallOptions,
     pub(crate) client: ClientOptions,
     pub(crate) seed: u64,
+    pub(crate) thread: u64,
 }
 
 fn error_kind(err: &ClientError) -> String {
@@ -72,6 +87,24 @@ fn error_kind(err: &ClientError) -> String {
     }
 }
 
+fn seen(got: &dynkv_net::GetResult) -> Seen {
+    match got.values.len() {
+        0 => Seen::Nothing,
+        1 => Seen::Value,
+        _ => Seen::Siblings,
+    }
+}
+
+/// A worker's random stream: a hash of the run's seed, the thread and the
+/// worker, so no two workers ever share one.
+fn worker_rng(seed: u64, thread: u64, worker: u64) -> XorShiftRng {
+    let mut bytes = [0u8; 24];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&thread.to_le_bytes());
+    bytes[16..].copy_from_slice(&worker.to_le_bytes());
+    XorShiftRng::seed_from_u64(xxhash_rust::xxh3::xxh3_64(&bytes))
+}
+
 /// Everything a worker needs, shared within the thread.
 struct Worker {
     client: Client,
@@ -82,8 +115,8 @@ struct Worker {
 }
 
 impl Worker {
-    /// Runs one operation; `Ok(true)` if a read saw siblings.
-    async fn op(&self, kind: OpKind, rng: &mut XorShiftRng) -> Result<bool, ClientError> {
+    /// Runs one operation; says what a read saw.
+    async fn op(&self, kind: OpKind, rng: &mut XorShiftRng) -> Result<Seen, ClientError> {
         let newest = self.shared.newest_key.load(Ordering::Relaxed);
         let value = &self.values[..self.plan.value_size.pick(rng)];
         let overwrite = CallOptions {
@@ -94,24 +127,25 @@ impl Worker {
             OpKind::Read => {
                 let key = key_of(self.plan.keys.pick(rng, newest));
                 let got = self.client.get_with(key.as_bytes(), &self.plan.read).await?;
-                Ok(got.values.len() > 1)
+                Ok(seen(&got))
             }
             OpKind::Update => {
                 let key = key_of(self.plan.keys.pick(rng, newest));
                 self.client.put_with(key.as_bytes(), value, None, &overwrite).await?;
-                Ok(false)
+                Ok(Seen::Value)
             }
             OpKind::Insert => {
-                let index = self.shared.newest_key.fetch_add(1, Ordering::Relaxed);
+                let index = self.shared.next_insert.fetch_add(1, Ordering::Relaxed);
                 self.client
                     .put_with(key_of(index).as_bytes(), value, None, &overwrite)
                     .await?;
-                Ok(false)
+                self.shared.newest_key.fetch_max(index + 1, Ordering::Relaxed);
+                Ok(Seen::Value)
             }
             OpKind::Delete => {
                 let key = key_of(self.plan.keys.pick(rng, newest));
                 self.client.delete_with(key.as_bytes(), &[], &overwrite).await?;
-                Ok(false)
+                Ok(Seen::Value)
             }
             OpKind::ReadModifyWrite => {
                 let key = key_of(self.plan.keys.pick(rng, newest));
@@ -123,7 +157,7 @@ impl Worker {
                 };
                 let context = (!got.context.is_empty()).then_some(&got.context[..]);
                 self.client.put_with(key.as_bytes(), value, context, &call).await?;
-                Ok(got.values.len() > 1)
+                Ok(seen(&got))
             }
         }
     }
@@ -146,6 +180,8 @@ pub(crate) async fn run_thread(plan: Plan, shared: Arc<Shared>, start: Instant) 
     let client = Client::connect(plan.addr, plan.client)
         .await
         .map_err(|e| format!("{}: {e}", plan.addr))?;
+    let ready = start.elapsed().as_nanos() as u64;
+    shared.ready_ns.fetch_min(ready, Ordering::Relaxed);
     let mut values = vec![0u8; plan.value_size.max_bytes];
     let mut fill = XorShiftRng::seed_from_u64(plan.seed ^ 0x5eed);
     rand::Rng::fill_bytes(&mut fill, &mut values);
@@ -160,6 +196,10 @@ pub(crate) async fn run_thread(plan: Plan, shared: Arc<Shared>, start: Instant) 
         None => closed_loop(&worker).await,
         Some(rate) => open_loop(&worker, rate).await,
     }
+    worker
+        .shared
+        .done_ns
+        .fetch_max(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let worker = Rc::try_unwrap(worker).map_err(|_| "a worker outlived its thread".to_string())?;
     Ok(worker.recorder.into_inner())
 }
@@ -169,7 +209,7 @@ async fn closed_loop(worker: &Rc<Worker>) {
         .map(|i| {
             let worker = worker.clone();
             glommio::spawn_local(async move {
-                let mut rng = XorShiftRng::seed_from_u64(worker.plan.seed.wrapping_mul(1000).wrapping_add(i as u64));
+                let mut rng = worker_rng(worker.plan.seed, worker.plan.thread, i as u64);
                 while worker.shared.claim() {
                     let kind = worker.plan.mix.pick(&mut rng);
                     worker.run_one(kind, Instant::now(), &mut rng).await;
@@ -187,7 +227,7 @@ async fn open_loop(worker: &Rc<Worker>, rate: f64) {
     let slots = Rc::new(glommio::sync::Semaphore::new(worker.plan.concurrency as u64));
     let waiting = Rc::new(std::cell::Cell::new(0u64));
     let unfinished = Rc::new(std::cell::Cell::new(0u64));
-    let mut rng = XorShiftRng::seed_from_u64(worker.plan.seed);
+    let mut rng = worker_rng(worker.plan.seed, worker.plan.thread, u64::MAX);
     let mut due = Instant::now();
     'schedule: loop {
         let now = Instant::now();
@@ -216,6 +256,13 @@ async fn open_loop(worker: &Rc<Worker>, rate: f64) {
                     waiting.set(waiting.get() - 1);
                     if permit.is_ok() {
                         worker.run_one(kind, intended, &mut op_rng).await;
+                    } else {
+                        let now = Instant::now();
+                        worker.shared.errors.fetch_add(1, Ordering::Relaxed);
+                        worker
+                            .recorder
+                            .borrow_mut()
+                            .record(kind, now - intended, Err("not_sent".into()), now);
                     }
                     unfinished.set(unfinished.get() - 1);
                 })
@@ -229,7 +276,10 @@ async fn open_loop(worker: &Rc<Worker>, rate: f64) {
             .max(Duration::from_millis(1));
         glommio::timer::sleep(wait).await;
     }
-    // Every request already due gets its answer (each has a timeout).
+    // Requests still waiting for a slot when the run ends were due inside
+    // it but never sent: closing the slots makes each count as failed
+    // ("not_sent"); those in flight get their answer (each has a timeout).
+    slots.close();
     while unfinished.get() > 0 {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }

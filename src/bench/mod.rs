@@ -196,7 +196,8 @@ impl BenchArgs {
             read: settings.read,
             write: settings.write,
             client: settings.client,
-            seed: self.seed.wrapping_mul(7919).wrapping_add(thread as u64),
+            seed: self.seed,
+            thread: thread as u64,
         }
     }
 }
@@ -231,12 +232,13 @@ fn run_phase(
             glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
                 .name(&format!("dynkv-bench-{i}"))
                 .spawn(move || async move {
+                    // Counted as finished even if the thread panics.
+                    let _done = Finished(finished);
                     let result = driver::run_thread(plan, shared.clone(), start).await;
                     if result.is_err() {
                         // Without this thread the run means little: stop all.
                         shared.stop.store(true, Ordering::Relaxed);
                     }
-                    finished.fetch_add(1, Ordering::Release);
                     result
                 })
                 .map_err(|e| format!("cannot start load thread {i}: {e}"))
@@ -245,7 +247,7 @@ fn run_phase(
     let progress = Progress::new(label, limit, quiet);
     let mut last = (start, 0u64);
     while finished.load(Ordering::Acquire) < threads {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(10));
         let now = Instant::now();
         if limit.is_some_and(|l| now - start >= l) {
             shared.stop.store(true, Ordering::Relaxed);
@@ -258,7 +260,11 @@ fn run_phase(
         }
     }
     progress.finish();
-    let elapsed = start.elapsed();
+    // The window from the first thread ready to send to the last one done:
+    // connecting is not part of the run.
+    let ready = Duration::from_nanos(shared.ready_ns.load(Ordering::Relaxed));
+    let done = Duration::from_nanos(shared.done_ns.load(Ordering::Relaxed));
+    let elapsed = done.saturating_sub(ready).max(Duration::from_micros(1));
     let mut merged = Recorder::new(start);
     let mut failure = None;
     for handle in handles {
@@ -277,6 +283,15 @@ fn run_phase(
         client_cpu_s: process_cpu_s() - cpu_before,
         threads,
     })
+}
+
+/// Counts a load thread as finished when dropped, panic or not.
+struct Finished(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// A progress bar on a terminal, a line every few seconds elsewhere.
@@ -329,14 +344,15 @@ impl Progress {
 
 pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
     let settings = args.check()?;
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared::new());
     shared.newest_key.store(args.keys, Ordering::Relaxed);
+    shared.next_insert.store(args.keys, Ordering::Relaxed);
     if args.load {
         let load_mix = Mix::new([0, 1, 0, 0, 0]).expect("not empty");
-        let loader = Arc::new(Shared::default());
+        let loader = Arc::new(Shared::new());
         loader.budget.store(args.keys, Ordering::Relaxed);
         // The load phase walks the keys in order: insert from 0.
-        loader.newest_key.store(0, Ordering::Relaxed);
+        loader.next_insert.store(0, Ordering::Relaxed);
         let plans = (0..args.threads)
             .map(|t| Plan {
                 mix: Mix::new([0, 0, 1, 0, 0]).expect("not empty"),

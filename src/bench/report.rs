@@ -22,6 +22,12 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("static histogram bounds are valid")
 }
 
+/// One second's histogram: 2 significant digits, growing only as far as
+/// the latencies it sees, so a long run's timeline stays small.
+fn second_histogram() -> Histogram<u64> {
+    Histogram::new(2).expect("2 significant digits are valid")
+}
+
 /// One second of the timeline.
 struct Second {
     ops: u64,
@@ -35,6 +41,8 @@ pub(crate) struct Recorder {
     latency: BTreeMap<OpKind, Histogram<u64>>,
     errors: BTreeMap<String, u64>,
     sibling_reads: u64,
+    /// Reads that found no value (the key absent or deleted).
+    misses: u64,
     timeline: Vec<Second>,
 }
 
@@ -45,13 +53,14 @@ impl Recorder {
             latency: BTreeMap::new(),
             errors: BTreeMap::new(),
             sibling_reads: 0,
+            misses: 0,
             timeline: Vec::new(),
         }
     }
 
     /// Records one operation that ended `at`, `latency` after it was due:
-    /// `Ok(siblings_seen)` or `Err(kind of error)`.
-    pub(crate) fn record(&mut self, kind: OpKind, latency: Duration, result: Result<bool, String>, at: Instant) {
+    /// `Ok(what a read saw)` or `Err(kind of error)`.
+    pub(crate) fn record(&mut self, kind: OpKind, latency: Duration, result: Result<Seen, String>, at: Instant) {
         let us = (latency.as_micros().min(u128::from(LATENCY_MAX_US)) as u64).max(1);
         let second = at.saturating_duration_since(self.start).as_secs() as usize;
         if second < TIMELINE_MAX_S {
@@ -59,15 +68,16 @@ impl Recorder {
                 self.timeline.push(Second {
                     ops: 0,
                     errors: 0,
-                    latency: histogram(),
+                    latency: second_histogram(),
                 });
             }
         }
         let slot = self.timeline.get_mut(second);
         match result {
-            Ok(siblings) => {
+            Ok(seen) => {
                 self.latency.entry(kind).or_insert_with(histogram).saturating_record(us);
-                self.sibling_reads += u64::from(siblings);
+                self.sibling_reads += u64::from(seen == Seen::Siblings);
+                self.misses += u64::from(seen == Seen::Nothing);
                 if let Some(slot) = slot {
                     slot.ops += 1;
                     slot.latency.saturating_record(us);
@@ -92,18 +102,21 @@ impl Recorder {
             *self.errors.entry(error).or_insert(0) += count;
         }
         self.sibling_reads += other.sibling_reads;
+        self.misses += other.misses;
         for (i, second) in other.timeline.into_iter().enumerate() {
             if self.timeline.len() <= i {
                 self.timeline.push(Second {
                     ops: 0,
                     errors: 0,
-                    latency: histogram(),
+                    latency: second_histogram(),
                 });
             }
             let mine = &mut self.timeline[i];
             mine.ops += second.ops;
             mine.errors += second.errors;
-            mine.latency.add(&second.latency).expect("equal bounds");
+            mine.latency
+                .add(&second.latency)
+                .expect("auto-resizing histograms merge");
         }
     }
 
@@ -114,6 +127,17 @@ impl Recorder {
     pub(crate) fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }
+}
+
+/// What a successful operation found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// A write, or a read of one value.
+    Value,
+    /// A read of several concurrent values.
+    Siblings,
+    /// A read of a key with no value.
+    Nothing,
 }
 
 /// Percentiles of one histogram, in microseconds.
@@ -162,12 +186,13 @@ impl Summary {
 
     pub(crate) fn text(&self) -> String {
         let mut out = format!(
-            "{} operations in {:.2} s: {:.0} ops/s; {} errors; {} reads saw siblings\n",
+            "{} operations in {:.2} s: {:.0} ops/s; {} errors; {} reads saw siblings; {} reads found nothing\n",
             self.recorder.ops(),
             self.elapsed.as_secs_f64(),
             self.throughput(),
             self.recorder.error_count(),
-            self.recorder.sibling_reads
+            self.recorder.sibling_reads,
+            self.recorder.misses
         );
         out.push_str("operation            count      p50 us    p90 us    p99 us  p99.9 us    max us\n");
         for (kind, h) in &self.recorder.latency {
@@ -234,6 +259,7 @@ impl Summary {
             "by_operation": ops,
             "errors": self.recorder.errors,
             "sibling_reads": self.recorder.sibling_reads,
+            "read_misses": self.recorder.misses,
             "client_cpu_s": self.client_cpu_s,
             "client_utilization": self.client_utilization(),
             "timeline": timeline,

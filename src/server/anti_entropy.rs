@@ -142,11 +142,19 @@ impl Shard {
                     .map(|k| (k.key.to_vec(), k.object_hash))
                     .collect();
                 for key in keys_to_repair(&ours, &theirs) {
-                    repaired += u64::from(self.repair_key(partition, peer, &key).await?);
-                    glommio::timer::sleep(Duration::from_micros(
-                        1_000_000 / self.config.anti_entropy_keys_per_second_max.max(1),
-                    ))
-                    .await;
+                    // One key that cannot be merged (a refusal, a limit) must
+                    // not keep the rest of the partition from converging.
+                    match self.repair_key(partition, peer, &key).await {
+                        Ok(changed) => repaired += u64::from(changed),
+                        Err(err) => {
+                            self.counters.ae_failed.set(self.counters.ae_failed.get() + 1);
+                            tracing::debug!(partition, peer = %peer, "anti-entropy could not repair a key: {err}");
+                        }
+                    }
+                    let pause = Duration::from_micros(1_000_000 / self.config.anti_entropy_keys_per_second_max.max(1));
+                    if self.stopping.sleep(pause).await {
+                        return Err("shutting down".into());
+                    }
                 }
             }
         }
@@ -226,8 +234,18 @@ pub(crate) async fn anti_entropy_loop(shard: Rc<Shard>) {
                 continue;
             }
             shard.counters.ae_compared.set(shard.counters.ae_compared.get() + 1);
-            if let Err(err) = shard.sync_partition(partition, owner.node).await {
-                tracing::debug!(partition, peer = %owner.node, "anti-entropy stopped: {err}");
+            let synced = futures_lite::future::or(
+                async { Some(shard.sync_partition(partition, owner.node).await) },
+                async {
+                    shard.stopping.closed().await;
+                    None
+                },
+            )
+            .await;
+            match synced {
+                None => return,
+                Some(Err(err)) => tracing::debug!(partition, peer = %owner.node, "anti-entropy stopped: {err}"),
+                Some(Ok(_)) => {}
             }
         }
     }

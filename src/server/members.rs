@@ -38,7 +38,10 @@ const MEMBERSHIP_FILE: &str = "membership";
 /// Pause between gossip rounds while peers are missing (then
 /// `gossip_interval_ms`).
 const FORMING_PASS_MS: u64 = 200;
-const EXCHANGE_TIMEOUT_MS: u64 = 2_000;
+/// Longest one gossip exchange may take: well under the round interval, so
+/// that one unreachable peer cannot stretch the rounds (and the heartbeat
+/// intervals every other peer's detector sees).
+const EXCHANGE_TIMEOUT_MS_MAX: u64 = 2_000;
 /// Gossip payload kinds: a digest, a full membership, or "same".
 const GOSSIP_DIGEST: u8 = 1;
 const GOSSIP_FULL: u8 = 2;
@@ -56,6 +59,8 @@ pub(crate) struct Members {
     /// The down set last sent to the shards.
     down: RefCell<Vec<NodeId>>,
     gossip_interval_ms: u64,
+    /// Views made so far (each view's generation).
+    generation: std::cell::Cell<u64>,
 }
 
 /// Resolves the configured peer addresses.
@@ -108,13 +113,17 @@ impl Members {
             detector: RefCell::new(FailureDetector::new(dynkv_ring::PhiConfig::default())),
             down: RefCell::new(Vec::new()),
             gossip_interval_ms: config.gossip_interval_ms,
+            generation: std::cell::Cell::new(0),
         };
         members.persist()?;
         Ok(members)
     }
 
     pub(crate) fn view(&self) -> Result<ClusterView, String> {
-        ClusterView::new(self.me, self.q, self.n, self.membership.borrow().clone(), &self.peers)
+        let mut view = ClusterView::new(self.me, self.q, self.n, self.membership.borrow().clone(), &self.peers)?;
+        self.generation.set(self.generation.get() + 1);
+        view.generation = self.generation.get();
+        Ok(view)
     }
 
     pub(crate) fn encoded(&self) -> Vec<u8> {
@@ -207,10 +216,14 @@ impl Members {
 
     /// One round with a known member over its persistent link: digest,
     /// then full states both ways if they differ.
+    fn exchange_timeout(&self) -> Duration {
+        Duration::from_millis((self.gossip_interval_ms / 2).clamp(50, EXCHANGE_TIMEOUT_MS_MAX))
+    }
+
     async fn gossip_with(&self, shard: &Shard, node: NodeId) -> Result<(), String> {
         let view = shard.view();
         let addr = view.internode_addr(node, 0);
-        let timeout = Duration::from_millis(EXCHANGE_TIMEOUT_MS);
+        let timeout = self.exchange_timeout();
         let call = |body: Vec<u8>| async move {
             let response = shard
                 .links
@@ -241,7 +254,7 @@ impl Members {
     /// Pushes our full state to a seed known only by address (a fresh
     /// authenticated connection) and merges its answer.
     async fn gossip_with_seed(&self, shard: &Shard, addr: SocketAddr) -> Result<(), String> {
-        let timeout = Duration::from_millis(EXCHANGE_TIMEOUT_MS);
+        let timeout = self.exchange_timeout();
         let mut stream = TcpStream::connect_timeout(addr, timeout)
             .await
             .map_err(|e| format!("connect: {e}"))?;
@@ -307,16 +320,21 @@ impl Members {
     }
 }
 
-/// Gossips until shutdown.
+/// Gossips until shutdown: a round with every member and unknown seed at
+/// once, every `gossip_interval_ms` from the start of the last round.
 pub(crate) async fn run(shard: Rc<Shard>, members: Rc<Members>) {
     loop {
+        let started = std::time::Instant::now();
         let (peers, seeds) = members.targets();
-        for &seed in &seeds {
-            if let Err(err) = members.gossip_with_seed(&shard, seed).await {
-                tracing::debug!(%seed, "gossip with a seed failed: {err}");
+        let with_seeds = seeds.iter().map(|&seed| {
+            let (members, shard) = (members.clone(), shard.clone());
+            async move {
+                if let Err(err) = members.gossip_with_seed(&shard, seed).await {
+                    tracing::debug!(%seed, "gossip with a seed failed: {err}");
+                }
             }
-        }
-        let rounds = peers.iter().map(|&node| {
+        });
+        let with_peers = peers.iter().map(|&node| {
             let (members, shard) = (members.clone(), shard.clone());
             async move {
                 if let Err(err) = members.gossip_with(&shard, node).await {
@@ -324,14 +342,19 @@ pub(crate) async fn run(shard: Rc<Shard>, members: Rc<Members>) {
                 }
             }
         });
-        futures::future::join_all(rounds).await;
+        futures::future::join(
+            futures::future::join_all(with_seeds),
+            futures::future::join_all(with_peers),
+        )
+        .await;
         members.publish_liveness(&shard, &peers).await;
-        let pause = if shard.view().table.is_some() {
+        let interval = if shard.view().table.is_some() {
             members.gossip_interval_ms
         } else {
             FORMING_PASS_MS
         };
-        if shard.stopping.sleep(Duration::from_millis(pause)).await {
+        let pause = Duration::from_millis(interval).saturating_sub(started.elapsed());
+        if shard.stopping.sleep(pause).await {
             return;
         }
     }

@@ -68,6 +68,13 @@ impl Shard {
         let guard = self.key_locks.lock(key).await;
         let local = match self.read_local(partition, key).await {
             Ok(clock) => clock,
+            // A stored version that cannot be read back is lost either way;
+            // the incoming one (from a replica, a repair or anti-entropy)
+            // takes its place, which is how such a key heals.
+            Err(Outcome::Failed(Status::Internal, message)) => {
+                tracing::warn!(partition, "replacing an unreadable stored version: {message}");
+                Clock::new()
+            }
             Err(outcome) => return outcome,
         };
         let merged = absorb(&local, incoming);

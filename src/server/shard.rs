@@ -213,9 +213,12 @@ impl Shard {
         self.view.borrow().clone()
     }
 
-    /// Installs a view received from shard 0, as this shard's own copy.
+    /// Installs a view received from shard 0, as this shard's own copy,
+    /// unless a newer one is already installed.
     pub(crate) fn set_view(&self, view: &ClusterView) {
-        *self.view.borrow_mut() = Rc::new(view.clone());
+        if view.generation >= self.view.borrow().generation {
+            *self.view.borrow_mut() = Rc::new(view.clone());
+        }
     }
 
     /// True if `node` should be treated as down: the failure detector says

@@ -18,6 +18,9 @@ const FALLBACKS_MAX: usize = 4;
 
 #[derive(Clone)]
 pub(crate) struct ClusterView {
+    /// Increases with every view shard 0 makes: a shard keeps the newest
+    /// it received, whatever order the mesh delivered them in.
+    pub(crate) generation: u64,
     pub(crate) me: NodeId,
     pub(crate) membership: Membership,
     /// `None` while forming.
@@ -55,6 +58,7 @@ impl ClusterView {
             None
         };
         Ok(ClusterView {
+            generation: 0,
             me,
             membership,
             table,
