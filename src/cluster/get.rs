@@ -6,7 +6,7 @@
 
 use dynkv_ring::NodeId;
 
-use super::{Quorum, QuorumError, Send, Tally};
+use super::{Decision, Quorum, QuorumError, Send, Tally};
 use crate::version::Clock;
 
 /// What a get round needs to know, fixed at its start.
@@ -40,8 +40,7 @@ pub struct GetRound {
     replies: Vec<(Send, Reply)>,
     fallbacks: std::collections::VecDeque<NodeId>,
     merged: Clock,
-    outcome: Option<Result<Clock, QuorumError>>,
-    outcome_taken: bool,
+    outcome: Decision<Clock>,
 }
 
 impl GetRound {
@@ -59,8 +58,7 @@ impl GetRound {
                 .filter(|f| plan.targets.iter().all(|t| t.to != *f))
                 .collect(),
             merged: Clock::new(),
-            outcome: None,
-            outcome_taken: false,
+            outcome: Decision::new(),
         };
         round.decide(now_ms);
         (round, plan.targets.clone())
@@ -77,7 +75,7 @@ impl GetRound {
             return None; // A duplicate.
         }
         let mut replacement = None;
-        if reply.is_none() && slot.0.hint_for.is_none() && self.outcome.is_none() {
+        if reply.is_none() && slot.0.hint_for.is_none() && !self.outcome.is_decided() {
             let primary = slot.0.to;
             replacement = self.fallbacks.pop_front().map(|to| Send {
                 to,
@@ -120,33 +118,28 @@ impl GetRound {
     }
 
     fn decide(&mut self, now_ms: u64) {
-        if self.outcome.is_some() {
+        if self.outcome.is_decided() {
             return;
         }
         let (pending, pending_primaries) = self.pending();
         if self.tally.met() {
-            self.outcome = Some(Ok(self.merged.clone()));
+            self.outcome.decide(Ok(self.merged.clone()));
         } else if now_ms >= self.deadline_ms {
-            self.outcome = Some(Err(self.tally.timeout()));
+            self.outcome.decide(Err(self.tally.timeout()));
         } else if self.tally.lost(pending, pending_primaries) {
-            self.outcome = Some(Err(self.tally.unavailable()));
+            self.outcome.decide(Err(self.tally.unavailable()));
         }
     }
 
     /// The merged clock for the client (empty if no replica had the key),
     /// once, when the quorum is met or lost.
     pub fn poll_outcome(&mut self) -> Option<Result<Clock, QuorumError>> {
-        if self.outcome_taken {
-            return None;
-        }
-        let outcome = self.outcome.clone()?;
-        self.outcome_taken = true;
-        Some(outcome)
+        self.outcome.poll()
     }
 
     /// True when every replica answered or the deadline passed.
     pub fn is_finished(&self, now_ms: u64) -> bool {
-        self.outcome.is_some() && (self.pending().0 == 0 || now_ms >= self.deadline_ms)
+        self.outcome.is_decided() && (self.pending().0 == 0 || now_ms >= self.deadline_ms)
     }
 
     pub fn next_timeout_ms(&self) -> u64 {

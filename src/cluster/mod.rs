@@ -66,6 +66,43 @@ pub struct Quorum {
     pub primaries: usize,
 }
 
+/// A round's answer for the client: decided once, handed out once.
+#[derive(Debug)]
+struct Decision<T> {
+    outcome: Option<Result<T, QuorumError>>,
+    taken: bool,
+}
+
+impl<T: Clone> Decision<T> {
+    fn new() -> Decision<T> {
+        Decision {
+            outcome: None,
+            taken: false,
+        }
+    }
+
+    fn is_decided(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    /// Records the answer unless one was already decided.
+    fn decide(&mut self, outcome: Result<T, QuorumError>) {
+        if self.outcome.is_none() {
+            self.outcome = Some(outcome);
+        }
+    }
+
+    /// The answer, the first time it is asked for once decided.
+    fn poll(&mut self) -> Option<Result<T, QuorumError>> {
+        if self.taken {
+            return None;
+        }
+        let outcome = self.outcome.clone()?;
+        self.taken = true;
+        Some(outcome)
+    }
+}
+
 /// Counts what may still answer: `(all, primaries)` among `sends` for which
 /// `may_answer` holds; a send with no `hint_for` is a primary's.
 fn may_still_answer<'a, T: 'a>(

@@ -19,7 +19,7 @@
 
 use dynkv_ring::NodeId;
 
-use super::{Quorum, QuorumError, Send, Tally};
+use super::{Decision, Quorum, QuorumError, Send, Tally};
 
 /// What a put round needs to know, fixed at its start.
 #[derive(Clone, Debug)]
@@ -71,8 +71,7 @@ pub struct PutRound {
     /// Primaries other than the coordinator, that should each end up with
     /// the version.
     others: Vec<NodeId>,
-    outcome: Option<Result<(), QuorumError>>,
-    outcome_taken: bool,
+    outcome: Decision<()>,
 }
 
 impl PutRound {
@@ -97,8 +96,7 @@ impl PutRound {
                 .copied()
                 .filter(|p| *p != plan.coordinator)
                 .collect(),
-            outcome: None,
-            outcome_taken: false,
+            outcome: Decision::new(),
         };
         // The coordinator is a primary, unless ownership moved while it
         // wrote; then its copy still counts, but not as a primary's.
@@ -200,32 +198,27 @@ impl PutRound {
     }
 
     fn decide(&mut self, now_ms: u64) {
-        if self.outcome.is_some() {
+        if self.outcome.is_decided() {
             return;
         }
         let (pending, pending_primaries) = self.pending();
         if self.tally.met() {
-            self.outcome = Some(Ok(()));
+            self.outcome.decide(Ok(()));
         } else if now_ms >= self.deadline_ms {
-            self.outcome = Some(Err(self.tally.timeout()));
+            self.outcome.decide(Err(self.tally.timeout()));
         } else if self.tally.lost(pending, pending_primaries) {
-            self.outcome = Some(Err(self.tally.unavailable()));
+            self.outcome.decide(Err(self.tally.unavailable()));
         }
     }
 
     /// The answer for the client, once, when it is known.
     pub fn poll_outcome(&mut self) -> Option<Result<(), QuorumError>> {
-        if self.outcome_taken {
-            return None;
-        }
-        let outcome = self.outcome.clone()?;
-        self.outcome_taken = true;
-        Some(outcome)
+        self.outcome.poll()
     }
 
     /// True when the round has nothing left to wait for.
     pub fn is_finished(&self, now_ms: u64) -> bool {
-        self.outcome.is_some() && (self.pending().0 == 0 || now_ms >= self.deadline_ms)
+        self.outcome.is_decided() && (self.pending().0 == 0 || now_ms >= self.deadline_ms)
     }
 
     /// When the round gives up on whatever has not answered.

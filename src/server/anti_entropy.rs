@@ -94,9 +94,8 @@ impl Shard {
             ..Head::request(Opcode::MerkleExchange, 0)
         };
         let key = request_key(partition, what, index);
-        let response = self
-            .links
-            .call(
+        self.links
+            .call_for_value(
                 peer,
                 shard,
                 view.internode_addr(peer, shard),
@@ -105,11 +104,6 @@ impl Shard {
                 timeout,
             )
             .await
-            .map_err(|e| e.to_string())?;
-        if response.status != Status::Ok as u8 {
-            return Err(String::from_utf8_lossy(&response.value).into_owned());
-        }
-        Ok(response.value)
     }
 
     /// Brings this shard's and `peer`'s copies of `partition` into

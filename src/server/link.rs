@@ -112,6 +112,27 @@ impl Links {
         })
     }
 
+    /// [`Links::call`] for requests whose answer is a value: the value on
+    /// `Ok`, else the failure (or the peer's message) as text.
+    pub(crate) async fn call_for_value(
+        &self,
+        node: NodeId,
+        shard: u16,
+        addr: Option<SocketAddr>,
+        head: Head,
+        sections: (&[u8], &[u8], &[u8]),
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let response = self
+            .call(node, shard, addr, head, sections, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status != dynkv_net::Status::Ok as u8 {
+            return Err(String::from_utf8_lossy(&response.value).into_owned());
+        }
+        Ok(response.value)
+    }
+
     fn link(&self, node: NodeId, shard: u16, addr: Option<SocketAddr>) -> Result<Rc<Link>, LinkError> {
         let addr = addr.ok_or(LinkError::NoAddress { node })?;
         let mut links = self.links.borrow_mut();

@@ -225,22 +225,11 @@ impl Members {
         let addr = view.internode_addr(node, 0);
         let timeout = self.exchange_timeout();
         let call = |body: Vec<u8>| async move {
-            let response = shard
+            let head = Head::request(Opcode::Gossip, 0);
+            shard
                 .links
-                .call(
-                    node,
-                    0,
-                    addr,
-                    Head::request(Opcode::Gossip, 0),
-                    (&[], &[], &body),
-                    timeout,
-                )
+                .call_for_value(node, 0, addr, head, (&[], &[], &body), timeout)
                 .await
-                .map_err(|e| e.to_string())?;
-            if response.status != Status::Ok as u8 {
-                return Err(String::from_utf8_lossy(&response.value).into_owned());
-            }
-            Ok(response.value)
         };
         let reply = call(self.request(GOSSIP_DIGEST)).await?;
         self.detector.borrow_mut().heard(node, shard.now_ms());
