@@ -23,14 +23,15 @@ use dynkv::cluster::merkle_sync::{
 };
 use dynkv::cluster::Send;
 use dynkv::object::{decode_object, object_bytes};
-use dynkv_engine::merkle::{MERKLE_BRANCHES, MERKLE_LEAVES_PER_BRANCH};
+use dynkv_engine::merkle::{leaf_of, MERKLE_BRANCHES, MERKLE_LEAVES_PER_BRANCH};
 use dynkv_net::{Head, Opcode, Status};
 use dynkv_ring::NodeId;
 
 use crate::server::shard::{Outcome, Shard};
 
 /// What a MerkleExchange request asks for (its key: partition u32 LE |
-/// what u8 | index u16 LE).
+/// what u8 | index u16 LE): the tree's top, a branch's leaf hashes, or a
+/// branch's keys.
 const WHAT_TOP: u8 = 0;
 const WHAT_LEAVES: u8 = 1;
 const WHAT_KEYS: u8 = 2;
@@ -70,18 +71,22 @@ impl Shard {
             WHAT_LEAVES if usize::from(index) < MERKLE_BRANCHES => {
                 Outcome::Bytes(encode_hashes(tree.leaves_of_branch(usize::from(index))))
             }
-            WHAT_KEYS if usize::from(index) < MERKLE_BRANCHES * MERKLE_LEAVES_PER_BRANCH => {
-                let keys: Vec<(Vec<u8>, u64)> = self
-                    .engine
-                    .keys_in_leaf(partition, usize::from(index))
-                    .into_iter()
-                    .filter(|k| !k.tombstone)
-                    .map(|k| (k.key.to_vec(), k.object_hash))
-                    .collect();
-                Outcome::Bytes(encode_key_hashes(&keys))
+            WHAT_KEYS if usize::from(index) < MERKLE_BRANCHES => {
+                Outcome::Bytes(encode_key_hashes(&self.branch_keys(partition, usize::from(index))))
             }
             _ => Outcome::failed(Status::BadRequest, format!("bad Merkle request {what}/{index}")),
         }
+    }
+
+    /// The keys (with object hashes) of one Merkle branch of `partition`:
+    /// one scan of the partition's keydir answers for all 32 of its leaves.
+    fn branch_keys(&self, partition: u32, branch: usize) -> Vec<(Vec<u8>, u64)> {
+        self.engine
+            .partition_keys(partition)
+            .into_iter()
+            .filter(|k| !k.tombstone && leaf_of(&k.key) / MERKLE_LEAVES_PER_BRANCH == branch)
+            .map(|k| (k.key.to_vec(), k.object_hash))
+            .collect()
     }
 
     /// Asks `peer` about its copy of `partition`.
@@ -124,31 +129,40 @@ impl Shard {
             let theirs = self.merkle_ask(peer, partition, WHAT_LEAVES, branch as u16).await?;
             let theirs = decode_hashes(&theirs, MERKLE_LEAVES_PER_BRANCH).map_err(|e| e.to_string())?;
             let ours = self.engine.merkle_tree(partition);
-            for offset in differing(ours.leaves_of_branch(branch), &theirs) {
-                let leaf = branch * MERKLE_LEAVES_PER_BRANCH + offset;
-                let theirs = self.merkle_ask(peer, partition, WHAT_KEYS, leaf as u16).await?;
-                let theirs = decode_key_hashes(&theirs).map_err(|e| e.to_string())?;
-                let ours: Vec<(Vec<u8>, u64)> = self
-                    .engine
-                    .keys_in_leaf(partition, leaf)
-                    .into_iter()
-                    .filter(|k| !k.tombstone)
-                    .map(|k| (k.key.to_vec(), k.object_hash))
-                    .collect();
-                for key in keys_to_repair(&ours, &theirs) {
-                    // One key that cannot be merged (a refusal, a limit) must
-                    // not keep the rest of the partition from converging.
-                    match self.repair_key(partition, peer, &key).await {
-                        Ok(changed) => repaired += u64::from(changed),
-                        Err(err) => {
-                            self.counters.ae_failed.set(self.counters.ae_failed.get() + 1);
-                            tracing::debug!(partition, peer = %peer, "anti-entropy could not repair a key: {err}");
-                        }
+            let leaves: Vec<usize> = differing(ours.leaves_of_branch(branch), &theirs)
+                .into_iter()
+                .map(|offset| branch * MERKLE_LEAVES_PER_BRANCH + offset)
+                .collect();
+            if leaves.is_empty() {
+                continue;
+            }
+            // Keys come a branch at a time (one scan on each side); only
+            // those in differing leaves are compared.
+            let in_differing_leaf = |key: &[u8]| leaves.contains(&leaf_of(key));
+            let theirs = self.merkle_ask(peer, partition, WHAT_KEYS, branch as u16).await?;
+            let theirs: Vec<(Vec<u8>, u64)> = decode_key_hashes(&theirs)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|(key, _)| in_differing_leaf(key))
+                .collect();
+            let ours: Vec<(Vec<u8>, u64)> = self
+                .branch_keys(partition, branch)
+                .into_iter()
+                .filter(|(key, _)| in_differing_leaf(key))
+                .collect();
+            for key in keys_to_repair(&ours, &theirs) {
+                // One key that cannot be merged (a refusal, a limit) must
+                // not keep the rest of the partition from converging.
+                match self.repair_key(partition, peer, &key).await {
+                    Ok(changed) => repaired += u64::from(changed),
+                    Err(err) => {
+                        self.counters.ae_failed.set(self.counters.ae_failed.get() + 1);
+                        tracing::debug!(partition, peer = %peer, "anti-entropy could not repair a key: {err}");
                     }
-                    let pause = Duration::from_micros(1_000_000 / self.config.anti_entropy_keys_per_second_max.max(1));
-                    if self.stopping.sleep(pause).await {
-                        return Err("shutting down".into());
-                    }
+                }
+                let pause = Duration::from_micros(1_000_000 / self.config.anti_entropy_keys_per_second_max.max(1));
+                if self.stopping.sleep(pause).await {
+                    return Err("shutting down".into());
                 }
             }
         }
