@@ -59,18 +59,11 @@ stop_servers() {
 
 declare -A cpu_per_op
 run_case() { # $1 = label, $2 = pipeline
-  local before after out
+  local rps p50 p99 cpu
   for test in set get; do
-    before=$(cpu_seconds "${servers[@]}")
-    out=$(redis-benchmark -p 27400 -t "$test" -n "$requests" -r 1000000 -d 100 -c 50 -P "$2" --precision 3 2>/dev/null \
-      | tr '\r' '\n')
-    after=$(cpu_seconds "${servers[@]}")
-    rps=$(echo "$out" | awk '/requests per second/ { for (i = 1; i < NF; i++) if ($(i + 1) == "requests") v = $i } END { print v }')
-    p50=$(echo "$out" | awk '/50.000%/ { print $3 }' | head -1)
-    p99=$(echo "$out" | awk '/99.[0-9]*%/ && !/99.9/ { print $3 }' | head -1)
-    cpu=$(awk -v a="$after" -v b="$before" -v n="$requests" 'BEGIN { printf "%.2f", (a - b) / n * 1e6 }')
+    read -r rps p50 p99 cpu < <(redis_bench 27400 "$test" "$requests" 1000000 "$2" "${servers[@]}")
     cpu_per_op["$1 $test $2"]=$cpu
-    printf '| %s | %s | -P %s | %s | %s ms | %s ms | %s |\n' "$1" "${test^^}" "$2" "$rps" "${p50:-?}" "${p99:-?}" "$cpu"
+    printf '| %s | %s | -P %s | %s | %s ms | %s ms | %s |\n' "$1" "${test^^}" "$2" "$rps" "$p50" "$p99" "$cpu"
   done
 }
 

@@ -104,13 +104,8 @@ PY
   sleep 0.5
   for test in set get; do
     for pipeline in 1 16 64; do
-      before=$(cpu_seconds $redis_pid)
-      res=$(redis-benchmark -p 28390 -t $test -n 400000 -r 100000 -d 100 -c 50 -P $pipeline --precision 3 2>/dev/null | tr '\r' '\n')
-      after=$(cpu_seconds $redis_pid)
-      rps=$(echo "$res" | awk '/requests per second/ { for (i = 1; i < NF; i++) if ($(i + 1) == "requests") v = $i } END { print v }')
-      p99=$(echo "$res" | awk '/99.[0-9]*%/ && !/99.9/ { print $3 }' | head -1)
-      cpu=$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", (a - b) / 400000 * 1e6 }')
-      echo "| ${test^^} | -P $pipeline | $rps | ${p99:-?} ms | $cpu |"
+      read -r rps _ p99 cpu < <(redis_bench 28390 "$test" 400000 100000 "$pipeline" "$redis_pid")
+      echo "| ${test^^} | -P $pipeline | $rps | $p99 ms | $cpu |"
     done
   done
   kill -TERM $redis_pid; wait $redis_pid 2>/dev/null || true

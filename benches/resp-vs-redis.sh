@@ -63,17 +63,10 @@ stop_server() {
 }
 
 run_case() { # $1 = label, $2 = port, $3 = pipeline
-  local before after out
+  local rps p50 p99 cpu
   for test in set get; do
-    before=$(cpu_seconds "$server_pid")
-    out=$(redis-benchmark -p "$2" -t "$test" -n "$requests" -r 1000000 -d 100 -c 50 -P "$3" --precision 3 2>/dev/null \
-      | tr '\r' '\n')
-    after=$(cpu_seconds "$server_pid")
-    rps=$(echo "$out" | awk '/requests per second/ { for (i = 1; i < NF; i++) if ($(i + 1) == "requests") v = $i } END { print v }')
-    p50=$(echo "$out" | awk '/50.000%/ { print $3 }' | head -1)
-    p99=$(echo "$out" | awk '/99.[0-9]*%/ && !/99.9/ { print $3 }' | head -1)
-    cpu=$(awk -v a="$after" -v b="$before" -v n="$requests" 'BEGIN { printf "%.2f", (a - b) / n * 1e6 }')
-    printf '| %s | %s | -P %s | %s | %s ms | %s ms | %s |\n' "$1" "${test^^}" "$3" "$rps" "${p50:-?}" "${p99:-?}" "$cpu"
+    read -r rps p50 p99 cpu < <(redis_bench "$2" "$test" "$requests" 1000000 "$3" "$server_pid")
+    printf '| %s | %s | -P %s | %s | %s ms | %s ms | %s |\n' "$1" "${test^^}" "$3" "$rps" "$p50" "$p99" "$cpu"
   done
 }
 
