@@ -39,6 +39,16 @@ pub(crate) struct ServeConfig {
     /// Every node of a cluster lists the others; membership is exchanged
     /// with them at start and kept in the data directory.
     pub(crate) peers: Vec<String>,
+    /// Internode addresses of members of a running cluster to join. The
+    /// node waits for the cluster's ownership table, and the cluster then
+    /// moves this node's share of partitions to it.
+    pub(crate) join: Vec<String>,
+    /// Capacity weight: this node's share of partitions is proportional to
+    /// it. 0 means the shard count.
+    pub(crate) weight: u32,
+    /// Failure zone (rack, room): replicas go to distinct zones when there
+    /// are enough.
+    pub(crate) zone: u32,
     /// Shared secret that internode connections prove they know (HMAC over
     /// fresh nonces). Required when `peers` is set; the environment variable
     /// `DYNKV_CLUSTER_SECRET` may supply it instead.
@@ -68,6 +78,13 @@ pub(crate) struct ServeConfig {
     pub(crate) anti_entropy_keys_per_second_max: u64,
     /// Pause between gossip rounds with every known member.
     pub(crate) gossip_interval_ms: u64,
+    /// Keys per second at most that a shard copies into a partition it is
+    /// receiving (join, leave, remove).
+    pub(crate) transfer_keys_per_second_max: u64,
+    /// How long ownership must be settled before a node drops its copies
+    /// of partitions it no longer owns: time for every node to hear of the
+    /// change, so none still reads from the old copy.
+    pub(crate) ownership_drop_delay_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -88,6 +105,9 @@ impl Default for ServeConfig {
             connections_per_shard_max: 10_000,
             node_id: 0,
             peers: Vec::new(),
+            join: Vec::new(),
+            weight: 0,
+            zone: 0,
             cluster_secret: String::new(),
             n: 3,
             r: 2,
@@ -102,6 +122,8 @@ impl Default for ServeConfig {
             anti_entropy_partition_pause_ms: 100,
             anti_entropy_keys_per_second_max: 1_000,
             gossip_interval_ms: 1_000,
+            transfer_keys_per_second_max: 20_000,
+            ownership_drop_delay_ms: 10_000,
         }
     }
 }
@@ -151,6 +173,13 @@ pub(crate) struct ServeArgs {
     /// Other nodes' internode addresses, comma-separated (host:port).
     #[arg(long, value_delimiter = ',')]
     peers: Option<Vec<String>>,
+    /// Join a running cluster through these members' internode addresses,
+    /// comma-separated (host:port).
+    #[arg(long, value_delimiter = ',')]
+    join: Option<Vec<String>>,
+    /// Capacity weight (share of partitions) [default: the shard count].
+    #[arg(long)]
+    weight: Option<u32>,
     /// Cluster secret for internode authentication [env: DYNKV_CLUSTER_SECRET].
     #[arg(long)]
     cluster_secret: Option<String>,
@@ -189,6 +218,8 @@ impl ServeArgs {
             value_max_bytes,
             node_id,
             peers,
+            join,
+            weight,
             cluster_secret,
             n,
             r,
@@ -238,9 +269,9 @@ impl ServeConfig {
                 self.r, self.w, self.n
             ));
         }
-        if !self.peers.is_empty() && self.cluster_secret.len() < 16 {
+        if (!self.peers.is_empty() || !self.join.is_empty()) && self.cluster_secret.len() < 16 {
             return Err(
-                "a cluster (peers set) needs cluster_secret (or DYNKV_CLUSTER_SECRET) of at least 16 bytes, \
+                "a cluster (peers or join set) needs cluster_secret (or DYNKV_CLUSTER_SECRET) of at least 16 bytes, \
                         the same on every node"
                     .into(),
             );
@@ -253,10 +284,23 @@ impl ServeConfig {
             || self.handoff_interval_ms == 0
             || self.handoff_per_second_max == 0
             || self.gossip_interval_ms == 0
+            || self.transfer_keys_per_second_max == 0
         {
             return Err("the handoff and anti-entropy intervals and rates must be positive".into());
         }
+        if self.weight > dynkv_ring::WEIGHT_MAX {
+            return Err(format!("weight = {} exceeds {}", self.weight, dynkv_ring::WEIGHT_MAX));
+        }
         self.engine_config(0).validate().map_err(|e| e.to_string())
+    }
+
+    /// The capacity weight this node announces.
+    pub(crate) fn capacity_weight(&self) -> u32 {
+        if self.weight == 0 {
+            self.shards as u32
+        } else {
+            self.weight
+        }
     }
 
     /// The engine configuration of shard `shard`.

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dynkv_net::{CallOptions, Client, ClientOptions};
+use dynkv_net::{CallOptions, Client, ClientOptions, Connection, Head, Opcode, Status};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct CtlArgs {
@@ -51,8 +51,15 @@ enum CtlCommand {
     },
     /// Node statistics (Prometheus text).
     Stats,
-    /// Liveness, cluster membership, pending hints and shard layout.
+    /// Liveness, cluster membership and ownership (with the progress of a
+    /// join, leave or removal), pending hints and shard layout.
     Status,
+    /// Make a node leave the cluster: it hands every partition it owns to
+    /// the remaining nodes, then stops. Without NODE, the node at --addr.
+    Leave { node: Option<u64> },
+    /// Remove a node that is down for good: the others copy its
+    /// partitions from the surviving replicas. It must not come back.
+    Remove { node: u64 },
 }
 
 pub(crate) fn run(args: CtlArgs) -> Result<(), String> {
@@ -65,6 +72,20 @@ pub(crate) fn run(args: CtlArgs) -> Result<(), String> {
         .make()
         .map_err(|e| format!("cannot start an executor: {e}"))?;
     executor.run(async move {
+        let admin = |command: &'static str, argument: String| async move {
+            let conn = Connection::open(args.addr, &options).await.map_err(|e| e.to_string())?;
+            let head = Head::request(Opcode::Admin, 0);
+            let response = conn
+                .call(head, command.as_bytes(), &[], argument.as_bytes(), options.timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&response.value).into_owned();
+            if response.status == Status::Ok as u8 {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        };
         let client = Client::connect(args.addr, options).await.map_err(|e| e.to_string())?;
         let fail = |e: dynkv_net::ClientError| e.to_string();
         let read = CallOptions {
@@ -117,6 +138,13 @@ pub(crate) fn run(args: CtlArgs) -> Result<(), String> {
                 println!("OK");
             }
             CtlCommand::Stats => print!("{}", client.stats().await.map_err(fail)?),
+            CtlCommand::Leave { node } => {
+                println!(
+                    "{}",
+                    admin("leave", node.map(|n| n.to_string()).unwrap_or_default()).await?
+                );
+            }
+            CtlCommand::Remove { node } => println!("{}", admin("remove", node.to_string()).await?),
             CtlCommand::Status => {
                 let started = std::time::Instant::now();
                 client.ping().await.map_err(fail)?;
@@ -144,6 +172,7 @@ pub(crate) fn run(args: CtlArgs) -> Result<(), String> {
                     let hints = pending.get(shard).copied().unwrap_or(0);
                     println!("  shard {shard}: {addr}, {hints} hint(s) pending");
                 }
+                print!("{}", admin("status", String::new()).await?);
             }
         }
         Ok(())

@@ -40,6 +40,9 @@ wire_enum! {
         Stats = 0x05,
         /// The partition → shard map and shard ports, for shard-aware clients.
         ShardMap = 0x06,
+        /// An operator's command to the node (key: `status`, `leave` or
+        /// `remove`; value: a node id or empty) → UTF-8 text.
+        Admin = 0x07,
         /// Authenticated handshake of an internode connection.
         Handshake = 0x40,
         ReplicaGet = 0x41,

@@ -38,6 +38,16 @@ use crate::error::RingError;
 use crate::node::{ClaimNode, NodeId, ZoneId, SHARDS_MAX, WEIGHT_MAX};
 use crate::partition::PartitionCount;
 
+/// Splits `N` bytes off the front of `bytes`.
+pub(crate) fn take<const N: usize>(bytes: &mut &[u8]) -> Result<[u8; N], RingError> {
+    if bytes.len() < N {
+        return Err(RingError::Malformed("truncated"));
+    }
+    let (head, rest) = bytes.split_at(N);
+    *bytes = rest;
+    Ok(head.try_into().expect("split at N"))
+}
+
 /// Largest replication factor.
 pub const REPLICAS_MAX: usize = 8;
 /// Largest cluster the claim accepts.
@@ -70,6 +80,11 @@ impl PartitionTable {
     /// Owners per partition: N, or fewer if the cluster has fewer nodes.
     pub fn replicas(&self) -> usize {
         self.replicas
+    }
+
+    /// The replication factor N the table was computed for.
+    pub fn replicas_wanted(&self) -> usize {
+        self.replicas_wanted
     }
 
     /// How many replicas per partition the table lacks because the cluster
@@ -147,6 +162,62 @@ impl PartitionTable {
             out.extend_from_slice(&o.shard.to_le_bytes());
         }
         out
+    }
+
+    /// Decodes [`PartitionTable::to_bytes`], checking every invariant a
+    /// computed table has: a valid partition count and replication factor,
+    /// valid members, and for each partition `replicas` owners on distinct
+    /// members, each on a shard its node has. A table from a peer is
+    /// trusted no further than this.
+    pub fn from_bytes(bytes: &[u8]) -> Result<PartitionTable, RingError> {
+        let mut r = bytes;
+        if take::<8>(&mut r)? != *b"DKVRING1" {
+            return Err(RingError::Malformed("not a partition table"));
+        }
+        let q = PartitionCount::new(u64::from(u32::from_le_bytes(take(&mut r)?)))?;
+        let [replicas_wanted, replicas] = take::<2>(&mut r)?.map(usize::from);
+        let count = u32::from_le_bytes(take(&mut r)?) as usize;
+        if count == 0 || count > NODES_MAX {
+            return Err(RingError::Malformed("member count out of range"));
+        }
+        let mut members = Vec::with_capacity(count);
+        for _ in 0..count {
+            members.push(ClaimNode {
+                id: NodeId(u64::from_le_bytes(take(&mut r)?)),
+                weight: u32::from_le_bytes(take(&mut r)?),
+                zone: ZoneId(u32::from_le_bytes(take(&mut r)?)),
+                shards: u16::from_le_bytes(take(&mut r)?),
+            });
+        }
+        let sorted = validate(&members, replicas_wanted)?;
+        if sorted != members || replicas != replicas_wanted.min(members.len()) {
+            return Err(RingError::Malformed("members unsorted or replica count inconsistent"));
+        }
+        let slots = q.get() as usize * replicas;
+        if r.len() != slots * 10 {
+            return Err(RingError::Malformed("owner rows truncated or followed by junk"));
+        }
+        let mut owners = Vec::with_capacity(slots);
+        for _ in 0..slots {
+            let node = NodeId(u64::from_le_bytes(take(&mut r)?));
+            let shard = u16::from_le_bytes(take(&mut r)?);
+            match members.binary_search_by_key(&node, |m| m.id) {
+                Ok(i) if shard < members[i].shards => owners.push(Owner { node, shard }),
+                _ => return Err(RingError::Malformed("an owner is not a member, or lacks that shard")),
+            }
+        }
+        for row in owners.chunks(replicas) {
+            if (1..row.len()).any(|i| row[..i].iter().any(|o| o.node == row[i].node)) {
+                return Err(RingError::Malformed("a partition has two replicas on one node"));
+            }
+        }
+        Ok(PartitionTable {
+            q,
+            replicas_wanted,
+            replicas,
+            members,
+            owners,
+        })
     }
 }
 

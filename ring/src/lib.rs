@@ -11,6 +11,8 @@
 //!   each node's shards.
 //! - [`PreferenceList`]: owners, then fallbacks for sloppy quorum.
 //! - [`Membership`]: the gossiped state, a join-semilattice.
+//! - [`Ownership`]: the current table, the pending one during a change,
+//!   and which new replicas hold their data.
 //! - [`PhiAccrual`]: the failure detector.
 //!
 //! ```
@@ -27,6 +29,7 @@ mod claim;
 mod error;
 mod membership;
 mod node;
+mod ownership;
 mod partition;
 mod phi;
 mod preference;
@@ -35,6 +38,7 @@ pub use claim::{claim, ideal_load, Owner, PartitionTable, NODES_MAX, REPLICAS_MA
 pub use error::RingError;
 pub use membership::{Lifecycle, Liveness, Membership, NodeRecord, ADDRESS_MAX_BYTES};
 pub use node::{ClaimNode, NodeId, ZoneId, SHARDS_MAX, WEIGHT_MAX};
+pub use ownership::{Ownership, GENESIS_CLAIMANT};
 pub use partition::{PartitionCount, PARTITIONS_DEFAULT, PARTITIONS_MAX};
 pub use phi::{PhiAccrual, PhiConfig};
 pub use preference::PreferenceList;

@@ -15,22 +15,12 @@ use std::collections::BTreeMap;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::claim::NODES_MAX;
+use crate::claim::{take, NODES_MAX};
 use crate::error::RingError;
 use crate::node::{ClaimNode, NodeId, ZoneId, SHARDS_MAX, WEIGHT_MAX};
 
 /// Longest internode address a record may carry.
 pub const ADDRESS_MAX_BYTES: usize = 256;
-
-/// Splits `N` bytes off the front of `bytes`.
-fn take<const N: usize>(bytes: &mut &[u8]) -> Result<[u8; N], RingError> {
-    if bytes.len() < N {
-        return Err(RingError::Malformed("truncated"));
-    }
-    let (head, rest) = bytes.split_at(N);
-    *bytes = rest;
-    Ok(head.try_into().expect("split at N"))
-}
 
 /// A node's lifecycle, in the order it moves through it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -287,11 +277,13 @@ impl Membership {
         xxh3_64(&bytes)
     }
 
-    /// Nodes that own partitions: every node that has not left.
+    /// Nodes that should own partitions: those joining or up. A leaving
+    /// node keeps what it owns until its partitions have moved (see
+    /// [`crate::Ownership`]), but is no longer placed.
     pub fn placement_nodes(&self) -> Vec<ClaimNode> {
         self.records
             .values()
-            .filter(|r| r.lifecycle != Lifecycle::Left)
+            .filter(|r| matches!(r.lifecycle, Lifecycle::Joining | Lifecycle::Up))
             .map(NodeRecord::claim_node)
             .collect()
     }

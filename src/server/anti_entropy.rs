@@ -23,11 +23,12 @@ use dynkv::cluster::merkle_sync::{
 };
 use dynkv::cluster::Send;
 use dynkv::object::{decode_object, object_bytes};
+use dynkv::version::Clock;
 use dynkv_engine::merkle::{leaf_of, MERKLE_BRANCHES, MERKLE_LEAVES_PER_BRANCH};
 use dynkv_net::{Head, Opcode, Status};
 use dynkv_ring::NodeId;
 
-use crate::server::shard::{Outcome, Shard};
+use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
 
 /// What a MerkleExchange request asks for (its key: partition u32 LE |
 /// what u8 | index u16 LE): the tree's top, a branch's leaf hashes, or a
@@ -35,6 +36,39 @@ use crate::server::shard::{Outcome, Shard};
 const WHAT_TOP: u8 = 0;
 const WHAT_LEAVES: u8 = 1;
 const WHAT_KEYS: u8 = 2;
+
+/// Keys merged at once by one comparison.
+const REPAIR_BATCH: usize = 16;
+
+/// The other side of a comparison: a replica on another node, or (while a
+/// partition moves between the shards of this node) another shard.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Peer {
+    Node(NodeId),
+    Shard(u16),
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Node(node) => write!(f, "node {node}"),
+            Peer::Shard(shard) => write!(f, "local shard {shard}"),
+        }
+    }
+}
+
+/// What one comparison of a partition with a peer did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SyncReport {
+    /// The roots differed.
+    pub(crate) differing: bool,
+    /// Keys held differently, merged or not.
+    pub(crate) compared: u64,
+    /// Keys where either side changed.
+    pub(crate) repaired: u64,
+    /// Keys that could not be merged.
+    pub(crate) failed: u64,
+}
 
 /// The request key of a MerkleExchange.
 pub(crate) fn request_key(partition: u32, what: u8, index: u16) -> [u8; 7] {
@@ -58,7 +92,7 @@ pub(crate) fn parse_request(key: &[u8]) -> Option<(u32, u8, u16)> {
 }
 
 impl Shard {
-    /// Answers a MerkleExchange for a partition this shard owns.
+    /// Answers a MerkleExchange for a partition this shard holds.
     pub(crate) fn merkle_answer(&self, partition: u32, what: u8, index: u16) -> Outcome {
         let tree = self.engine.merkle_tree(partition);
         match what {
@@ -90,7 +124,28 @@ impl Shard {
     }
 
     /// Asks `peer` about its copy of `partition`.
-    async fn merkle_ask(&self, peer: NodeId, partition: u32, what: u8, index: u16) -> Result<Vec<u8>, String> {
+    async fn merkle_ask(&self, peer: Peer, partition: u32, what: u8, index: u16) -> Result<Vec<u8>, String> {
+        let key = request_key(partition, what, index);
+        let peer = match peer {
+            Peer::Shard(shard) => {
+                return match self
+                    .forward(
+                        usize::from(shard),
+                        Op::Merkle,
+                        &key,
+                        &[],
+                        &[],
+                        RequestOptions::default(),
+                    )
+                    .await
+                {
+                    Outcome::Bytes(bytes) => Ok(bytes),
+                    Outcome::Failed(_, message) => Err(message),
+                    _ => Err("a shard answered a Merkle request with something else".into()),
+                };
+            }
+            Peer::Node(node) => node,
+        };
         let view = self.view();
         let shard = view.shard_of(peer, partition);
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
@@ -98,7 +153,6 @@ impl Shard {
             timeout_ms: self.config.request_timeout_ms as u32,
             ..Head::request(Opcode::MerkleExchange, 0)
         };
-        let key = request_key(partition, what, index);
         self.links
             .call_for_value(
                 peer,
@@ -111,9 +165,84 @@ impl Shard {
             .await
     }
 
+    /// `peer`'s stored version of `key`.
+    async fn peer_version(&self, peer: Peer, partition: u32, key: &[u8]) -> Result<Clock, String> {
+        match peer {
+            Peer::Shard(shard) => {
+                match self
+                    .forward(
+                        usize::from(shard),
+                        Op::ReplicaGet,
+                        key,
+                        &[],
+                        &[],
+                        RequestOptions::default(),
+                    )
+                    .await
+                {
+                    Outcome::Object(clock) => Ok(*clock),
+                    Outcome::Failed(_, message) => Err(message),
+                    _ => Err("a shard answered a replica read with something else".into()),
+                }
+            }
+            Peer::Node(node) => {
+                let send = Send {
+                    to: node,
+                    hint_for: None,
+                };
+                let response = self
+                    .call_replica(Opcode::ReplicaGet, send, partition, key, &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match response.status {
+                    s if s != Status::Ok as u8 => Err(String::from_utf8_lossy(&response.value).into_owned()),
+                    _ if response.value.is_empty() => Ok(Clock::new()),
+                    _ => decode_object(&response.value).map_err(|e| e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Merges `object` into `peer`'s version of `key`.
+    async fn peer_absorb(&self, peer: Peer, partition: u32, key: &[u8], object: &Clock) -> Result<(), String> {
+        let bytes = object_bytes(object);
+        let stored = match peer {
+            Peer::Shard(shard) => matches!(
+                self.forward(
+                    usize::from(shard),
+                    Op::ReplicaPut,
+                    key,
+                    &[],
+                    &bytes,
+                    RequestOptions::default()
+                )
+                .await,
+                Outcome::Done
+            ),
+            Peer::Node(node) => {
+                let send = Send {
+                    to: node,
+                    hint_for: None,
+                };
+                self.replica_put(send, partition, key, &bytes).await.1
+            }
+        };
+        if stored {
+            Ok(())
+        } else {
+            Err(format!("{peer} refused a repair"))
+        }
+    }
+
     /// Brings this shard's and `peer`'s copies of `partition` into
-    /// agreement. Returns the keys repaired.
-    async fn sync_partition(&self, partition: u32, peer: NodeId) -> Result<u64, String> {
+    /// agreement, merging at most `keys_per_second` keys a second.
+    pub(crate) async fn sync_partition(
+        &self,
+        partition: u32,
+        peer: Peer,
+        keys_per_second: u64,
+    ) -> Result<SyncReport, String> {
+        let mut report = SyncReport::default();
         let local = self.engine.merkle_tree(partition);
         let top = decode_hashes(
             &self.merkle_ask(peer, partition, WHAT_TOP, 0).await?,
@@ -121,10 +250,10 @@ impl Shard {
         )
         .map_err(|e| e.to_string())?;
         if top[0] == local.root() {
-            return Ok(0);
+            return Ok(report);
         }
-        self.counters.ae_differing.set(self.counters.ae_differing.get() + 1);
-        let mut repaired = 0;
+        report.differing = true;
+        let started = std::time::Instant::now();
         for branch in differing(local.branches(), &top[1..]) {
             let theirs = self.merkle_ask(peer, partition, WHAT_LEAVES, branch as u16).await?;
             let theirs = decode_hashes(&theirs, MERKLE_LEAVES_PER_BRANCH).map_err(|e| e.to_string())?;
@@ -150,40 +279,38 @@ impl Shard {
                 .into_iter()
                 .filter(|(key, _)| in_differing_leaf(key))
                 .collect();
-            for key in keys_to_repair(&ours, &theirs) {
-                // One key that cannot be merged (a refusal, a limit) must
-                // not keep the rest of the partition from converging.
-                match self.repair_key(partition, peer, &key).await {
-                    Ok(changed) => repaired += u64::from(changed),
-                    Err(err) => {
-                        self.counters.ae_failed.set(self.counters.ae_failed.get() + 1);
-                        tracing::debug!(partition, peer = %peer, "anti-entropy could not repair a key: {err}");
+            let keys = keys_to_repair(&ours, &theirs);
+            // A few keys at once, so that a transfer is not one round trip
+            // per key; the rate still holds on average.
+            for batch in keys.chunks(REPAIR_BATCH) {
+                let merged =
+                    futures::future::join_all(batch.iter().map(|key| self.repair_key(partition, peer, key))).await;
+                for result in merged {
+                    // One key that cannot be merged (a refusal, a limit)
+                    // must not keep the rest of the partition from
+                    // converging.
+                    match result {
+                        Ok(changed) => report.repaired += u64::from(changed),
+                        Err(err) => {
+                            report.failed += 1;
+                            tracing::debug!(partition, %peer, "could not merge a key: {err}");
+                        }
                     }
                 }
-                let pause = Duration::from_micros(1_000_000 / self.config.anti_entropy_keys_per_second_max.max(1));
-                if self.stopping.sleep(pause).await {
+                report.compared += batch.len() as u64;
+                let due = Duration::from_secs_f64(report.compared as f64 / keys_per_second.max(1) as f64);
+                if self.stopping.sleep(due.saturating_sub(started.elapsed())).await {
                     return Err("shutting down".into());
                 }
             }
         }
-        Ok(repaired)
+        Ok(report)
     }
 
     /// Merges one key between this shard and `peer`; true if either side
     /// changed.
-    async fn repair_key(&self, partition: u32, peer: NodeId, key: &[u8]) -> Result<bool, String> {
-        let send = Send {
-            to: peer,
-            hint_for: None,
-        };
-        let response = self
-            .call_replica(Opcode::ReplicaGet, send, partition, key, &[])
-            .await
-            .map_err(|e| e.to_string())?;
-        if response.status != Status::Ok as u8 {
-            return Err(String::from_utf8_lossy(&response.value).into_owned());
-        }
-        let theirs = decode_object(&response.value).map_err(|e| e.to_string())?;
+    async fn repair_key(&self, partition: u32, peer: Peer, key: &[u8]) -> Result<bool, String> {
+        let theirs = self.peer_version(peer, partition, key).await?;
         let ours = self
             .read_local(partition, key)
             .await
@@ -197,13 +324,8 @@ impl Shard {
             changed = true;
         }
         if merged != theirs {
-            if !self.replica_put(send, partition, key, &object_bytes(&merged)).await.1 {
-                return Err(format!("node {peer} refused a repair"));
-            }
+            self.peer_absorb(peer, partition, key, &merged).await?;
             changed = true;
-        }
-        if changed {
-            self.counters.ae_repaired.set(self.counters.ae_repaired.get() + 1);
         }
         Ok(changed)
     }
@@ -242,8 +364,9 @@ pub(crate) async fn anti_entropy_loop(shard: Rc<Shard>) {
                 continue;
             }
             shard.counters.ae_compared.set(shard.counters.ae_compared.get() + 1);
+            let rate = shard.config.anti_entropy_keys_per_second_max;
             let synced = futures_lite::future::or(
-                async { Some(shard.sync_partition(partition, owner.node).await) },
+                async { Some(shard.sync_partition(partition, Peer::Node(owner.node), rate).await) },
                 async {
                     shard.stopping.closed().await;
                     None
@@ -253,7 +376,12 @@ pub(crate) async fn anti_entropy_loop(shard: Rc<Shard>) {
             match synced {
                 None => return,
                 Some(Err(err)) => tracing::debug!(partition, peer = %owner.node, "anti-entropy stopped: {err}"),
-                Some(Ok(_)) => {}
+                Some(Ok(report)) => {
+                    let c = &shard.counters;
+                    c.ae_differing.set(c.ae_differing.get() + u64::from(report.differing));
+                    c.ae_repaired.set(c.ae_repaired.get() + report.repaired);
+                    c.ae_failed.set(c.ae_failed.get() + report.failed);
+                }
             }
         }
     }

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use dynkv_net::{Head, Opcode, Status, FLAG_SUPERSEDE_LOCAL};
-use dynkv_ring::NodeId;
+use dynkv_ring::{NodeId, Owner};
 use futures::channel::oneshot;
 use futures::stream::{FuturesUnordered, StreamExt};
 
@@ -88,7 +88,7 @@ impl Shard {
                 self.coordinate_put(partition, key, write_context, sibling, options)
                     .await
             }
-            Op::Stats | Op::ReplicaGet | Op::ReplicaPut | Op::Merkle => unreachable!("routed elsewhere"),
+            Op::Stats | Op::ReplicaGet | Op::ReplicaPut | Op::Merkle | Op::Admin => unreachable!("routed elsewhere"),
         }
     }
 
@@ -134,6 +134,12 @@ impl Shard {
             object
         };
         let view = self.view();
+        let incoming = view.incoming(partition);
+        if !incoming.is_empty() {
+            let (shard, key, object) = (self.clone(), key.to_vec(), object.clone());
+            glommio::spawn_local(async move { shard.copy_to_incoming(partition, &key, &object, &incoming).await })
+                .detach();
+        }
         if view.primaries(partition).len() == 1 {
             // The only replica: the local write was the whole round.
             return Outcome::Done;
@@ -229,6 +235,38 @@ impl Shard {
             // Refusal (a full store) is counted and logged by the store;
             // anti-entropy repairs what a lost hint carried.
             let _ = self.hints.store(primary, partition, &key, &object).await;
+        }
+    }
+
+    /// Sends a new version to the replicas receiving `partition` during an
+    /// ownership change, so that they miss no write made while they copy
+    /// it: a replica on another node that does not take it gets a hint.
+    /// Their acks do not count toward W, since reads do not ask them yet.
+    async fn copy_to_incoming(&self, partition: u32, key: &[u8], object: &Clock, incoming: &[Owner]) {
+        let bytes = object_bytes(object);
+        for owner in incoming {
+            if owner.node == self.me {
+                let options = RequestOptions::default();
+                let op = Op::ReplicaPut;
+                let _ = self
+                    .forward(usize::from(owner.shard), op, key, &[], &bytes, options)
+                    .await;
+                continue;
+            }
+            let head = Head {
+                timeout_ms: self.config.replica_timeout_ms as u32,
+                ..Head::request(Opcode::ReplicaPut, 0)
+            };
+            let addr = self.view().internode_addr(owner.node, owner.shard);
+            let timeout = Duration::from_millis(self.config.replica_timeout_ms);
+            let stored = self
+                .links
+                .call(owner.node, owner.shard, addr, head, (key, &[], &bytes), timeout)
+                .await
+                .is_ok_and(|r| r.status == Status::Ok as u8);
+            if !stored {
+                let _ = self.hints.store(owner.node, partition, key, object).await;
+            }
         }
     }
 

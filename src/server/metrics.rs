@@ -32,6 +32,13 @@ pub(crate) struct ShardCounters {
     pub(crate) ae_repaired: Cell<u64>,
     pub(crate) ae_passes: Cell<u64>,
     pub(crate) ae_failed: Cell<u64>,
+    /// Ownership changes: keys copied into partitions this shard receives,
+    /// partitions it confirmed, and partitions (and their keys) it dropped
+    /// after they moved away.
+    pub(crate) transfer_keys: Cell<u64>,
+    pub(crate) transfers_confirmed: Cell<u64>,
+    pub(crate) dropped_partitions: Cell<u64>,
+    pub(crate) dropped_keys: Cell<u64>,
     latency: [Cell<u64>; LATENCY_BUCKETS_US.len() + 1],
     latency_sum_us: Cell<u64>,
 }
@@ -44,12 +51,22 @@ pub(crate) struct CountersSnapshot {
     pub(crate) forwarded: u64,
     pub(crate) read_repairs: u64,
     pub(crate) ae: [u64; 5],
+    pub(crate) moves: [u64; 4],
     pub(crate) latency: [u64; LATENCY_BUCKETS_US.len() + 1],
     pub(crate) latency_sum_us: u64,
     pub(crate) connections: usize,
 }
 
-const OP_NAMES: [&str; OP_COUNT] = ["get", "put", "delete", "stats", "replica_get", "replica_put", "merkle"];
+const OP_NAMES: [&str; OP_COUNT] = [
+    "get",
+    "put",
+    "delete",
+    "stats",
+    "replica_get",
+    "replica_put",
+    "merkle",
+    "admin",
+];
 
 /// A `Send` copy of a shard's hint figures.
 #[derive(Clone, Debug, Default)]
@@ -90,6 +107,12 @@ impl ShardCounters {
                 self.ae_repaired.get(),
                 self.ae_passes.get(),
                 self.ae_failed.get(),
+            ],
+            moves: [
+                self.transfer_keys.get(),
+                self.transfers_confirmed.get(),
+                self.dropped_partitions.get(),
+                self.dropped_keys.get(),
             ],
             latency: std::array::from_fn(|i| self.latency[i].get()),
             latency_sum_us: self.latency_sum_us.get(),
@@ -172,6 +195,58 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
             "counter",
             help,
             &mut reports.iter().map(|r| (shard(r), r.counters.ae[i])),
+        );
+    }
+    let moves = [
+        (
+            "dynkv_transfer_keys_total",
+            "Keys copied into partitions this shard is receiving (join, leave, remove).",
+        ),
+        (
+            "dynkv_transfers_confirmed_total",
+            "Partitions this shard received in full and confirmed.",
+        ),
+        (
+            "dynkv_dropped_partitions_total",
+            "Partitions whose local copy was dropped after moving to their new owners.",
+        ),
+        ("dynkv_dropped_keys_total", "Keys removed with those copies."),
+    ];
+    for (i, (name, help)) in moves.iter().enumerate() {
+        metric(
+            &mut out,
+            name,
+            "counter",
+            help,
+            &mut reports.iter().map(|r| (shard(r), r.counters.moves[i])),
+        );
+    }
+    let ownership = [
+        (
+            "dynkv_ownership_epoch",
+            "Ownership epoch this shard sees; it rises with every planned or committed change.",
+        ),
+        (
+            "dynkv_partitions_owned",
+            "Partitions this shard owns in the current table.",
+        ),
+        (
+            "dynkv_partitions_receiving",
+            "Partitions this shard is to own once they are copied, not yet confirmed.",
+        ),
+        (
+            "dynkv_ownership_transfers_pending",
+            "Incoming replicas of the cluster's pending table not yet confirmed (0 when settled).",
+        ),
+        ("dynkv_ownership_settled", "1 when no ownership change is in progress."),
+    ];
+    for (i, (name, help)) in ownership.iter().enumerate() {
+        metric(
+            &mut out,
+            name,
+            "gauge",
+            help,
+            &mut reports.iter().map(|r| (shard(r), r.ownership[i])),
         );
     }
     let hints: [(&str, &str, &str, HintGauge); 6] = [

@@ -20,6 +20,7 @@ mod replica;
 mod resp;
 pub(crate) mod shard;
 pub(crate) mod shutdown;
+mod transfer;
 mod view;
 
 use std::future::Future;
@@ -251,6 +252,8 @@ async fn shard_main(
         .map_err(|e| format!("cannot start hinted handoff: {e}"))?;
     let repair = glommio::spawn_local_into(anti_entropy::anti_entropy_loop(shard.clone()), background)
         .map_err(|e| format!("cannot start anti-entropy: {e}"))?;
+    let transfers = glommio::spawn_local_into(transfer::transfer_loop(shard.clone()), background)
+        .map_err(|e| format!("cannot start partition transfers: {e}"))?;
     let mut accept_loops = vec![
         glommio::spawn_local(accept_loop(shard.clone(), native, open.clone(), native::serve_client)),
         glommio::spawn_local(accept_loop(
@@ -274,6 +277,7 @@ async fn shard_main(
     }
     handoff.await;
     repair.await;
+    transfers.await;
     // Every shard waits for every connection of the node, since requests
     // read anywhere may still be forwarded here.
     let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -292,10 +296,10 @@ async fn shard_main(
 
 fn announce(config: &ServeConfig, me: NodeId) {
     let last = config.base_port + config.shards as u16 - 1;
-    let cluster = if config.peers.is_empty() {
-        "one-node cluster".to_string()
-    } else {
-        format!("peers {}", config.peers.join(","))
+    let cluster = match (config.peers.is_empty(), config.join.is_empty()) {
+        (true, true) => "one-node cluster".to_string(),
+        (false, true) => format!("peers {}", config.peers.join(",")),
+        (_, false) => format!("joining through {}", config.join.join(",")),
     };
     println!(
         "dynkv: node {me} serving {} shard(s): native {ip}:{}-{last}, internode {ip}:{}, RESP {ip}:{}, \

@@ -159,6 +159,7 @@ async fn handle(shard: &Rc<Shard>, frame: &Frame<'_>, out: &RefCell<Vec<u8>>, po
         (Some(Opcode::ReplicaGet), Port::Internode) => Op::ReplicaGet,
         (Some(Opcode::ReplicaPut), Port::Internode) => Op::ReplicaPut,
         (Some(Opcode::MerkleExchange), Port::Internode) => Op::Merkle,
+        (Some(Opcode::Admin), _) => Op::Admin,
         (Some(Opcode::Ping), _) => return reply(out, frame, Status::Ok, &[]),
         (Some(Opcode::Stats), _) => {
             let text = crate::server::metrics::render(&shard.all_reports().await);

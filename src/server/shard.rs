@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use dynkv_engine::{Engine, EngineError, EngineStats};
 use dynkv_net::Status;
-use dynkv_ring::{NodeId, PartitionCount};
+use dynkv_ring::{NodeId, Owner, PartitionCount};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
@@ -46,9 +46,11 @@ pub(crate) enum Op {
     ReplicaPut,
     /// Internode: part of a partition's Merkle tree, for anti-entropy.
     Merkle,
+    /// An operator's command, run by shard 0's membership keeper.
+    Admin,
 }
 
-pub(crate) const OP_COUNT: usize = 7;
+pub(crate) const OP_COUNT: usize = 8;
 /// Longest timeout a client may ask for.
 const REQUEST_TIMEOUT_MAX_MS: u64 = 60_000;
 
@@ -101,6 +103,9 @@ pub(crate) struct ShardReport {
     pub(crate) ready: bool,
     /// Members the failure detector holds down.
     pub(crate) down: u64,
+    /// Epoch, partitions owned, partitions receiving, cluster transfers
+    /// unconfirmed, settled (0/1).
+    pub(crate) ownership: [u64; 5],
 }
 
 /// A request forwarded from another shard of this node.
@@ -120,6 +125,8 @@ pub(crate) enum ShardMsg {
     View(Arc<ClusterView>),
     /// The nodes the failure detector now holds down, from shard 0.
     Down(Arc<Vec<NodeId>>),
+    /// To shard 0: this node now holds a partition it was receiving.
+    Confirm(u32),
 }
 
 pub(crate) fn engine_failure(err: EngineError) -> Outcome {
@@ -148,7 +155,7 @@ pub(crate) struct Shard {
     view: RefCell<Rc<ClusterView>>,
     /// Nodes the failure detector holds down (this shard's copy).
     detected_down: RefCell<Rc<Vec<NodeId>>>,
-    senders: Senders<ShardMsg>,
+    pub(crate) senders: Senders<ShardMsg>,
     pub(crate) links: Links,
     /// Serializes read-modify-write of one key on this shard.
     pub(crate) key_locks: KeyLocks,
@@ -282,6 +289,18 @@ impl Shard {
         if op == Op::Merkle {
             return self.route_merkle(key, context, value, options).await;
         }
+        if op == Op::Admin {
+            return match &self.members {
+                Some(members) => {
+                    let command = String::from_utf8_lossy(key);
+                    match members.admin(self, &command, &String::from_utf8_lossy(value)).await {
+                        Ok(text) => Outcome::Bytes(text.into_bytes()),
+                        Err(message) => Outcome::failed(Status::BadRequest, message),
+                    }
+                }
+                None => self.forward(0, op, key, context, value, options).await,
+            };
+        }
         if key.len() > self.config.key_max_bytes {
             let message = format!("key of {} bytes exceeds {}", key.len(), self.config.key_max_bytes);
             return Outcome::failed(Status::KeyTooLarge, message);
@@ -295,7 +314,14 @@ impl Shard {
         if options.hint_for.is_some() {
             return self.replica_local(op, partition, key, value, options).await;
         }
-        match view.local_owner_shard(partition) {
+        // Replica messages are also taken by a replica still receiving
+        // the partition; client requests only by current owners.
+        let local = match op {
+            Op::ReplicaGet | Op::ReplicaPut if view.is_replica_shard(partition, self.id as u16) => Some(self.id as u16),
+            Op::ReplicaGet | Op::ReplicaPut => view.local_replica_shard(partition),
+            _ => view.local_owner_shard(partition),
+        };
+        match local {
             Some(shard) if usize::from(shard) == self.id => match op {
                 Op::ReplicaGet | Op::ReplicaPut => self.replica_local(op, partition, key, value, options).await,
                 _ => self.coordinate(op, partition, key, context, value, options).await,
@@ -327,8 +353,11 @@ impl Shard {
         if partition >= self.q.get() {
             return Outcome::failed(Status::BadRequest, format!("partition {partition} out of range"));
         }
-        match self.view().local_owner_shard(partition) {
-            Some(shard) if usize::from(shard) == self.id => self.merkle_answer(partition, what, index),
+        let view = self.view();
+        if view.is_replica_shard(partition, self.id as u16) {
+            return self.merkle_answer(partition, what, index);
+        }
+        match view.local_replica_shard(partition) {
             Some(shard) => {
                 self.forward(usize::from(shard), Op::Merkle, key, context, value, options)
                     .await
@@ -340,7 +369,7 @@ impl Shard {
         }
     }
 
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         owner: usize,
         op: Op,
@@ -398,7 +427,32 @@ impl Shard {
             members: self.view().membership.records().count() as u64,
             ready: self.view().table.is_some(),
             down: self.down_nodes().len() as u64,
+            ownership: self.ownership_figures(),
         }
+    }
+
+    fn ownership_figures(&self) -> [u64; 5] {
+        let view = self.view();
+        let Some(ownership) = &view.ownership else {
+            return [0; 5];
+        };
+        let me = Owner {
+            node: self.me,
+            shard: self.id as u16,
+        };
+        let q = self.q.get();
+        let owned = (0..q).filter(|&p| ownership.current().owners(p).contains(&me)).count();
+        let receiving = (0..q)
+            .filter(|&p| ownership.incoming(p).any(|o| o == me) && !ownership.is_confirmed(p, self.me))
+            .count();
+        let (done, total) = ownership.progress();
+        [
+            ownership.epoch(),
+            owned as u64,
+            receiving as u64,
+            (total - done) as u64,
+            u64::from(ownership.pending().is_none()),
+        ]
     }
 
     /// Every shard's report, this one's included (asks peers over the mesh).
@@ -431,6 +485,11 @@ impl Shard {
                     match msg {
                         ShardMsg::View(view) => shard.set_view(&view),
                         ShardMsg::Down(down) => *shard.detected_down.borrow_mut() = Rc::new((*down).clone()),
+                        ShardMsg::Confirm(partition) => {
+                            if let Some(members) = &shard.members {
+                                members.confirm(partition);
+                            }
+                        }
                         ShardMsg::Request(req) => {
                             let shard = shard.clone();
                             glommio::spawn_local(async move {

@@ -1,17 +1,17 @@
-//! What a shard knows about the cluster: the membership, and the partition
-//! table computed from it. Shard 0 builds a new view whenever membership
-//! changes and sends it to every shard, which keeps its own copy (an `Rc`,
-//! so no reference count is shared between cores) and swaps it in whole;
-//! requests read the current view without locks or atomics.
+//! What a shard knows about the cluster: the membership, and the ownership
+//! (current and pending partition tables) gossiped with it. Shard 0 builds
+//! a new view whenever either changes and sends it to every shard, which
+//! keeps its own copy (an `Rc`, so no reference count is shared between
+//! cores) and swaps it in whole; requests read the current view without
+//! locks or atomics.
 //!
-//! The table is computed only once every configured peer has been heard
-//! from (directly, or through the membership kept in the data directory),
-//! so that every node computes it from the same membership. Until then the
-//! node is *forming* and refuses requests with "unavailable".
+//! Until the node has an ownership (every configured peer heard from, or
+//! the cluster's received after `--join`), it is *forming* and refuses
+//! requests with "unavailable".
 
 use std::net::SocketAddr;
 
-use dynkv_ring::{claim, Lifecycle, Membership, NodeId, Owner, PartitionCount, PartitionTable, PreferenceList};
+use dynkv_ring::{Lifecycle, Membership, NodeId, Owner, Ownership, PartitionTable, PreferenceList};
 
 /// Most fallbacks a preference list carries.
 const FALLBACKS_MAX: usize = 4;
@@ -23,55 +23,77 @@ pub(crate) struct ClusterView {
     pub(crate) generation: u64,
     pub(crate) me: NodeId,
     pub(crate) membership: Membership,
-    /// `None` while forming.
+    /// The current table (`None` while forming).
     pub(crate) table: Option<PartitionTable>,
-    /// Configured peers not heard from yet.
-    pub(crate) waiting_for: Vec<SocketAddr>,
+    /// Current and pending tables, and confirmed transfers.
+    pub(crate) ownership: Option<Ownership>,
+    /// Why requests are refused, while forming.
+    forming: Option<String>,
     /// Shards of this node.
     shards: u16,
 }
 
 impl ClusterView {
-    /// A view of `membership` for node `me`, which expects to hear from
-    /// `peers` before it places anything.
+    /// A view of `membership` and `ownership` for node `me`; `forming`
+    /// says why there is no ownership yet.
     pub(crate) fn new(
         me: NodeId,
-        q: PartitionCount,
-        n: usize,
         membership: Membership,
-        peers: &[SocketAddr],
+        ownership: Option<Ownership>,
+        forming: Option<String>,
     ) -> Result<ClusterView, String> {
-        let known: Vec<SocketAddr> = membership
-            .records()
-            .filter(|r| r.id != me)
-            .filter_map(|r| r.address.parse().ok())
-            .collect();
-        let waiting_for: Vec<SocketAddr> = peers.iter().copied().filter(|p| !known.contains(p)).collect();
         let shards = membership
             .get(me)
             .map(|r| r.shard_ports.len() as u16)
             .ok_or("the membership lacks this node's own record")?;
-        let table = if waiting_for.is_empty() {
-            let nodes = membership.placement_nodes();
-            Some(claim(None, &nodes, q, n.min(nodes.len())).map_err(|e| format!("cannot place partitions: {e}"))?)
-        } else {
-            None
-        };
         Ok(ClusterView {
             generation: 0,
             me,
+            table: ownership.as_ref().map(|o| o.current().clone()),
+            forming: if ownership.is_some() {
+                None
+            } else {
+                Some(forming.unwrap_or_else(|| "cluster is forming".into()))
+            },
+            ownership,
             membership,
-            table,
-            waiting_for,
             shards,
         })
     }
 
     /// Why requests are refused, while forming.
     pub(crate) fn forming_reason(&self) -> Option<String> {
-        self.table.is_none().then(|| {
-            let waiting: Vec<String> = self.waiting_for.iter().map(ToString::to_string).collect();
-            format!("cluster is forming: waiting to hear from peers {}", waiting.join(", "))
+        self.forming.clone()
+    }
+
+    /// The ownership epoch (0 while forming).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.ownership.as_ref().map_or(0, Ownership::epoch)
+    }
+
+    /// Replicas of `partition` that are receiving its data (owners in the
+    /// pending table that do not own it now).
+    pub(crate) fn incoming(&self, partition: u32) -> Vec<Owner> {
+        self.ownership
+            .as_ref()
+            .map_or_else(Vec::new, |o| o.incoming(partition).collect())
+    }
+
+    /// True if shard `shard` of this node holds `partition` as a current
+    /// owner or an incoming one (which accepts copies while it receives).
+    pub(crate) fn is_replica_shard(&self, partition: u32, shard: u16) -> bool {
+        let me = Owner { node: self.me, shard };
+        self.primaries(partition).contains(&me) || self.incoming(partition).contains(&me)
+    }
+
+    /// This node's shard for `partition` if it is a replica: a current
+    /// owner, else an incoming one.
+    pub(crate) fn local_replica_shard(&self, partition: u32) -> Option<u16> {
+        self.local_owner_shard(partition).or_else(|| {
+            self.incoming(partition)
+                .into_iter()
+                .find(|o| o.node == self.me)
+                .map(|o| o.shard)
         })
     }
 
@@ -103,9 +125,12 @@ impl ClusterView {
     }
 
     /// The shard of `node` that serves `partition`: its owning shard if it
-    /// is a primary, else (for hints) a spread over its shards.
+    /// is a primary or incoming replica, else (for hints) a spread over its shards.
     pub(crate) fn shard_of(&self, node: NodeId, partition: u32) -> u16 {
         if let Some(owner) = self.primaries(partition).iter().find(|o| o.node == node) {
+            return owner.shard;
+        }
+        if let Some(owner) = self.incoming(partition).into_iter().find(|o| o.node == node) {
             return owner.shard;
         }
         let shards = self.membership.get(node).map_or(1, |r| r.shard_ports.len().max(1));

@@ -186,6 +186,20 @@ impl Node {
         self.child.take().expect("running").wait().unwrap()
     }
 
+    /// Waits up to `limit` for the node to exit by itself; on time out the
+    /// node keeps running (and is killed when dropped).
+    pub fn wait_exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().expect("running").try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill(mut self) {
         let mut child = self.child.take().expect("running");
