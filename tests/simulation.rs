@@ -21,6 +21,8 @@
 //! A failure prints its seed; `DYNKV_SIM_SEED=<seed> cargo test --test
 //! simulation` replays just that one. `DYNKV_SIM_SEEDS=<n>` runs more.
 
+mod support;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
@@ -898,22 +900,11 @@ fn check_superseded_gone(seed: u64, writes: &[WriteRecord], key: u64, clock: &Cl
     }
 }
 
-fn seeds() -> Vec<u64> {
-    if let Ok(seed) = std::env::var("DYNKV_SIM_SEED") {
-        return vec![seed.parse().expect("DYNKV_SIM_SEED is a u64")];
-    }
-    let count: u64 = std::env::var("DYNKV_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(500);
-    (0..count).collect()
-}
-
 #[test]
 fn cluster_keeps_acknowledged_writes_and_converges_under_faults() {
     let mut acked = 0;
     let mut writes = 0;
-    for seed in seeds() {
+    for seed in support::seeds(500) {
         let mut sim = Sim::new(seed);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));
         if let Err(panic) = result {

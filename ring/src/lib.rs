@@ -38,7 +38,7 @@ pub use claim::{claim, ideal_load, Owner, PartitionTable, NODES_MAX, REPLICAS_MA
 pub use error::RingError;
 pub use membership::{Lifecycle, Liveness, Membership, NodeRecord, ADDRESS_MAX_BYTES};
 pub use node::{ClaimNode, NodeId, ZoneId, SHARDS_MAX, WEIGHT_MAX};
-pub use ownership::{Ownership, GENESIS_CLAIMANT};
+pub use ownership::{claimant, Ownership, GENESIS_CLAIMANT};
 pub use partition::{PartitionCount, PARTITIONS_DEFAULT, PARTITIONS_MAX};
 pub use phi::{PhiAccrual, PhiConfig};
 pub use preference::PreferenceList;

@@ -19,9 +19,9 @@
 //! its current owners' copies at every moment.
 //!
 //! The state is a join-semilattice, so gossip converges whatever order it
-//! arrives in: a state with a greater `(epoch, claimant, table digest)`
-//! replaces a lesser one, and equal ones merge their confirmations by
-//! union.
+//! arrives in: a state with a greater `(epoch, table digest)` replaces a
+//! lesser one, and equal ones merge (the greater claimant id, the union of
+//! confirmations).
 
 use std::collections::BTreeSet;
 
@@ -29,7 +29,27 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::claim::{claim, take, Owner, PartitionTable};
 use crate::error::RingError;
+use crate::membership::{Lifecycle, Membership};
 use crate::node::{ClaimNode, NodeId};
+
+/// The member that may plan and commit ownership changes, as one node sees
+/// it: the lowest id not gone. `None` while any member that is not gone is
+/// down (`down`, from this node's failure detector): changes wait until
+/// every member is reachable, as Riak's claimant does, so the two sides of
+/// a network partition never both change ownership, and an incoming
+/// replica can always reach its sources. A dead node is removed first
+/// (which makes it gone).
+pub fn claimant(membership: &Membership, down: &[NodeId]) -> Option<NodeId> {
+    let members: Vec<NodeId> = membership
+        .records()
+        .filter(|r| r.lifecycle != Lifecycle::Left)
+        .map(|r| r.id)
+        .collect();
+    if members.iter().any(|id| down.contains(id)) {
+        return None;
+    }
+    members.into_iter().min()
+}
 
 /// Claimant of the first table: every node forming a cluster from the same
 /// configured members computes it alike, so none claims it.
@@ -100,6 +120,18 @@ impl Ownership {
             .collect()
     }
 
+    /// Replicas that hold `partition`'s data: its current owners, then the
+    /// incoming replicas that confirmed. An incoming replica copies from
+    /// all of them (those reachable and not gone).
+    pub fn sources(&self, partition: u32) -> Vec<Owner> {
+        let mut sources = self.current.owners(partition).to_vec();
+        sources.extend(
+            self.incoming(partition)
+                .filter(|o| self.is_confirmed(partition, o.node)),
+        );
+        sources
+    }
+
     pub fn is_confirmed(&self, partition: u32, node: NodeId) -> bool {
         self.confirmed.contains(&(partition, node))
     }
@@ -118,9 +150,11 @@ impl Ownership {
         (self.confirmed.len(), self.transfers().len())
     }
 
-    /// The total order of merge: epoch, claimant, then the tables.
-    fn rank(&self) -> (u64, NodeId, u64) {
-        (self.epoch, self.claimant, self.tables_digest())
+    /// Identifies the plan, `(epoch, digest of the tables)`: the order of
+    /// merge. States equal in both are one plan (two claimants may reach it
+    /// at once): they combine.
+    pub fn plan(&self) -> (u64, u64) {
+        (self.epoch, self.tables_digest())
     }
 
     fn tables_digest(&self) -> u64 {
@@ -131,18 +165,22 @@ impl Ownership {
         xxh3_64(&bytes)
     }
 
-    /// Merges a peer's state; true if ours changed.
+    /// Merges a peer's state; true if ours changed. The greater rank wins
+    /// whole; at an equal rank the claimant is the greater id and the
+    /// confirmations are the union, so a confirmation made under either
+    /// claimant's copy of one plan is never lost.
     pub fn merge(&mut self, other: &Ownership) -> bool {
-        match self.rank().cmp(&other.rank()) {
+        match self.plan().cmp(&other.plan()) {
             std::cmp::Ordering::Less => {
                 *self = other.clone();
                 true
             }
             std::cmp::Ordering::Greater => false,
             std::cmp::Ordering::Equal => {
-                let before = self.confirmed.len();
+                let before = (self.claimant, self.confirmed.len());
+                self.claimant = self.claimant.max(other.claimant);
                 self.confirmed.extend(other.confirmed.iter().copied());
-                self.confirmed.len() != before
+                (self.claimant, self.confirmed.len()) != before
             }
         }
     }
@@ -182,10 +220,22 @@ impl Ownership {
                 Ok((done == total).then(|| step(pending.clone(), None)))
             }
             _ if placed(&self.current) => Ok(self.pending.is_some().then(|| step(self.current.clone(), None))),
+            // Every member is leaving: nothing to move to, so the leaves
+            // wait (the nodes keep serving); a complete plan still commits.
+            Some(pending) if target.is_empty() => {
+                let (done, total) = self.progress();
+                Ok((done == total).then(|| step(pending.clone(), None)))
+            }
             _ if target.is_empty() => Ok(None),
             _ => {
                 let table = claim(Some(&self.current), &target, self.current.partition_count(), n)?;
-                Ok(Some(step(self.current.clone(), Some(table))))
+                let mut next = step(self.current.clone(), Some(table));
+                // A replica that already holds a partition it still
+                // receives under the new plan keeps its confirmation.
+                for &(partition, node) in &self.confirmed {
+                    next.confirm(partition, node);
+                }
+                Ok(Some(next))
             }
         }
     }
@@ -374,6 +424,22 @@ mod tests {
         assert!(old.merge(&ab));
         assert_eq!(old, ab);
         assert!(!ab.merge(&start));
+    }
+
+    #[test]
+    fn two_claimants_of_one_plan_keep_both_confirmations() {
+        let start = genesis(&[1, 2, 3], 2);
+        let mut by_1 = start.next(&nodes(&[1, 2, 3, 4]), 2, NodeId(1)).unwrap().unwrap();
+        let mut by_2 = start.next(&nodes(&[1, 2, 3, 4]), 2, NodeId(2)).unwrap().unwrap();
+        let transfers = by_1.transfers();
+        by_1.confirm(transfers[0].0, transfers[0].1.node);
+        by_2.confirm(transfers[1].0, transfers[1].1.node);
+        let mut merged = by_1.clone();
+        assert!(merged.merge(&by_2));
+        let mut other = by_2.clone();
+        assert!(other.merge(&by_1));
+        assert_eq!(merged, other);
+        assert_eq!((merged.claimant(), merged.progress().0), (NodeId(2), 2));
     }
 
     #[test]

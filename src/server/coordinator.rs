@@ -136,9 +136,22 @@ impl Shard {
         let view = self.view();
         let incoming = view.incoming(partition);
         if !incoming.is_empty() {
-            let (shard, key, object) = (self.clone(), key.to_vec(), object.clone());
-            glommio::spawn_local(async move { shard.copy_to_incoming(partition, &key, &object, &incoming).await })
-                .detach();
+            match self.incoming_copies.try_acquire_static_permit(1) {
+                Ok(permit) => {
+                    let (shard, key, object) = (self.clone(), key.to_vec(), object.clone());
+                    glommio::spawn_local(async move {
+                        shard.copy_to_incoming(partition, &key, &object, &incoming).await;
+                        drop(permit);
+                    })
+                    .detach();
+                }
+                // Too many copies in flight: hints, which handoff delivers.
+                Err(_) => {
+                    for owner in incoming.iter().filter(|o| o.node != self.me) {
+                        let _ = self.hints.store(owner.node, partition, key, &object).await;
+                    }
+                }
+            }
         }
         if view.primaries(partition).len() == 1 {
             // The only replica: the local write was the whole round.

@@ -248,9 +248,11 @@ async fn deliver(shard: &Rc<Shard>, hint: &Hint) -> bool {
     }
     let view = shard.view();
     let primaries: Vec<NodeId> = view.primaries(hint.partition).iter().map(|o| o.node).collect();
-    // Normally the hint goes to the primary it names. If ownership moved
-    // and that node is no longer a primary, every current primary gets it.
-    let targets = if primaries.is_empty() || primaries.contains(&hint.target) {
+    let incoming = view.incoming(hint.partition).iter().any(|o| o.node == hint.target);
+    // Normally the hint goes to the replica it names (a primary, or one
+    // receiving the partition during an ownership change). If ownership
+    // moved away from that node, every current primary gets it.
+    let targets = if primaries.is_empty() || primaries.contains(&hint.target) || incoming {
         vec![hint.target]
     } else {
         primaries

@@ -506,18 +506,10 @@ impl Members {
 }
 
 impl Members {
-    /// The member that plans and commits ownership changes: the lowest id
-    /// not gone and not held down by this node's detector. Two nodes that
-    /// disagree (a partition) may both act; the ownership merge picks one
-    /// outcome, and confirmations are simply made again.
+    /// The member that plans and commits ownership changes (see
+    /// `dynkv_ring::claimant`): none while a member is down.
     fn claimant(&self) -> Option<NodeId> {
-        let down = self.down.borrow();
-        self.membership
-            .borrow()
-            .records()
-            .filter(|r| r.lifecycle != Lifecycle::Left && (r.id == self.me || !down.contains(&r.id)))
-            .map(|r| r.id)
-            .min()
+        dynkv_ring::claimant(&self.membership.borrow(), &self.down.borrow())
     }
 
     fn lifecycle(&self) -> Option<Lifecycle> {
@@ -559,11 +551,13 @@ impl Members {
                 Err(err) => tracing::error!("cannot plan ownership: {err}"),
             }
         }
+        // Nothing left to hand off: settled without this node, or never
+        // given any partition (it left before its join was placed).
         let settled_without_me = self
             .ownership
             .borrow()
             .as_ref()
-            .is_some_and(|o| o.pending().is_none() && o.current().load(self.me) == 0);
+            .is_none_or(|o| o.current().load(self.me) == 0 && o.pending().is_none_or(|p| p.load(self.me) == 0));
         match self.lifecycle() {
             Some(Lifecycle::Leaving) if settled_without_me => {
                 tracing::info!("every partition has moved off this node: it has left the cluster");

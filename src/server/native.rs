@@ -142,7 +142,16 @@ fn reply(out: &RefCell<Vec<u8>>, frame: &Frame<'_>, status: Status, value: &[u8]
     encode(&mut out.borrow_mut(), &head, &[], &[], value);
 }
 
-async fn handle(shard: &Rc<Shard>, frame: &Frame<'_>, out: &RefCell<Vec<u8>>, port: Port) {
+/// Whether a connection may change membership (`leave`, `remove`): peers,
+/// and clients on this machine (`dynkv ctl` run on a node). Client ports
+/// have no authentication, so a remote client may only ask for status.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admin {
+    Allowed,
+    StatusOnly,
+}
+
+async fn handle(shard: &Rc<Shard>, frame: &Frame<'_>, out: &RefCell<Vec<u8>>, port: Port, admin: Admin) {
     if frame.is_response() {
         reply(
             out,
@@ -159,7 +168,11 @@ async fn handle(shard: &Rc<Shard>, frame: &Frame<'_>, out: &RefCell<Vec<u8>>, po
         (Some(Opcode::ReplicaGet), Port::Internode) => Op::ReplicaGet,
         (Some(Opcode::ReplicaPut), Port::Internode) => Op::ReplicaPut,
         (Some(Opcode::MerkleExchange), Port::Internode) => Op::Merkle,
-        (Some(Opcode::Admin), _) => Op::Admin,
+        (Some(Opcode::Admin), _) if admin == Admin::Allowed || frame.key == b"status" => Op::Admin,
+        (Some(Opcode::Admin), _) => {
+            let message = b"membership changes are accepted only from the node's own machine (run dynkv ctl there)";
+            return reply(out, frame, Status::Unauthorized, message);
+        }
         (Some(Opcode::Ping), _) => return reply(out, frame, Status::Ok, &[]),
         (Some(Opcode::Stats), _) => {
             let text = crate::server::metrics::render(&shard.all_reports().await);
@@ -244,7 +257,7 @@ async fn serve_peer(shard: Rc<Shard>, stream: TcpStream) {
                         let Ok(Decoded::Frame(frame, _)) = decode(&raw, &FrameLimits::DEFAULT) else {
                             unreachable!("the frame decoded once already")
                         };
-                        handle(&shard, &frame, &outbox, Port::Internode).await;
+                        handle(&shard, &frame, &outbox, Port::Internode, Admin::Allowed).await;
                         // A full doorbell means the flusher will run anyway.
                         let _ = doorbell.try_send(());
                         drop(permit);
@@ -277,6 +290,12 @@ pub(crate) async fn serve_client(shard: Rc<Shard>, stream: TcpStream) {
 /// Serves one connection until it closes, errs, or the node shuts down
 /// (after answering every request already read).
 async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
+    let local = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+    let admin = if port == Port::Internode || local {
+        Admin::Allowed
+    } else {
+        Admin::StatusOnly
+    };
     let limits = match port {
         Port::Client => client_limits(&shard),
         Port::Internode => FrameLimits::DEFAULT,
@@ -304,7 +323,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
             }
         }
         if !frames.is_empty() || fatal.is_some() {
-            futures::future::join_all(frames.iter().map(|f| handle(&shard, f, &out, port))).await;
+            futures::future::join_all(frames.iter().map(|f| handle(&shard, f, &out, port, admin))).await;
             drop(frames);
             let mut pending = std::mem::take(&mut *out.borrow_mut());
             if !pending.is_empty() && stream.write_all(&pending).await.is_err() {

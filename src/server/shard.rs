@@ -51,6 +51,8 @@ pub(crate) enum Op {
 }
 
 pub(crate) const OP_COUNT: usize = 8;
+/// Writes one shard copies to incoming replicas at once.
+const INCOMING_COPIES_MAX: u64 = 1024;
 /// Longest timeout a client may ask for.
 const REQUEST_TIMEOUT_MAX_MS: u64 = 60_000;
 
@@ -159,6 +161,9 @@ pub(crate) struct Shard {
     pub(crate) links: Links,
     /// Serializes read-modify-write of one key on this shard.
     pub(crate) key_locks: KeyLocks,
+    /// Writes being copied to replicas that receive their partition during
+    /// an ownership change; past the bound, a copy becomes a hint at once.
+    pub(crate) incoming_copies: Rc<glommio::sync::Semaphore>,
     pub(crate) counters: ShardCounters,
     /// Open client connections on this shard.
     pub(crate) connections: Cell<usize>,
@@ -207,6 +212,7 @@ impl Shard {
             detected_down: RefCell::new(Rc::new(Vec::new())),
             senders: parts.senders,
             key_locks: KeyLocks::default(),
+            incoming_copies: Rc::new(glommio::sync::Semaphore::new(INCOMING_COPIES_MAX)),
             counters: ShardCounters::default(),
             connections: Cell::new(0),
             stopping: crate::server::shutdown::Gate::new(),

@@ -17,16 +17,19 @@
 //!
 //! Once ownership has been settled for `ownership_drop_delay_ms` (time
 //! for every node to hear of the commit and stop reading old copies), the
-//! shard drops what it holds of partitions it does not own.
+//! shard drops what it holds of partitions it does not own, each only
+//! after a final comparison with every owner has merged every key: so a
+//! drop never loses what only this copy holds, whatever happened to the
+//! ownership state meanwhile. Any change of plan stops a drop.
 //!
 //! Everything here runs in the low-share background queue and is
 //! throttled by `transfer_keys_per_second_max`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use dynkv_ring::{Lifecycle, NodeId, Owner};
+use dynkv_ring::{Lifecycle, Owner};
 
 use crate::server::anti_entropy::Peer;
 use crate::server::shard::{Shard, ShardMsg};
@@ -52,59 +55,86 @@ impl Shard {
         }
     }
 
-    /// Copies `partition` from its live current owners (another shard of
-    /// this node among them, when the partition moves between shards);
-    /// true if every key they hold differently was merged, `None` at
-    /// shutdown.
-    async fn receive_partition(&self, view: &ClusterView, partition: u32) -> Option<bool> {
-        let gone = |node: NodeId| view.membership.get(node).is_none_or(|r| r.lifecycle == Lifecycle::Left);
-        let sources: Vec<Peer> = view
-            .primaries(partition)
-            .iter()
-            .filter(|o| !gone(o.node))
-            .map(|o| match o.node == self.me {
-                true => Peer::Shard(o.shard),
-                false => Peer::Node(o.node),
-            })
-            .collect();
-        if sources.is_empty() {
-            tracing::warn!(
-                partition,
-                "every current owner of this partition is gone: it starts empty here"
-            );
-            return Some(true);
+    /// The replicas of `partition` other than this shard in `peers`
+    /// (current owners, or every replica holding data), as comparison
+    /// peers; `None` if one is not known to the membership (views out of
+    /// step: try later).
+    fn peers_of(&self, view: &ClusterView, owners: &[Owner]) -> Option<Vec<Peer>> {
+        let me = Owner {
+            node: self.me,
+            shard: self.id as u16,
+        };
+        let mut peers = Vec::new();
+        for owner in owners.iter().filter(|o| **o != me) {
+            match view.membership.get(owner.node).map(|r| r.lifecycle) {
+                None => return None,
+                Some(Lifecycle::Left) => {}
+                Some(_) if owner.node == self.me => peers.push(Peer::Shard(owner.shard)),
+                Some(_) => peers.push(Peer::Node(owner.node)),
+            }
         }
-        let live: Vec<Peer> = sources
-            .into_iter()
-            .filter(|p| !matches!(p, Peer::Node(n) if self.is_down(*n)))
-            .collect();
-        if live.is_empty() {
-            return Some(false);
-        }
-        let mut complete = true;
-        for source in live {
+        Some(peers)
+    }
+
+    /// Compares `partition` with every peer; `None` at shutdown, else how
+    /// many were compared and whether every key was merged.
+    async fn sync_with_all(&self, partition: u32, peers: &[Peer]) -> Option<(usize, bool)> {
+        let (mut compared, mut complete) = (0, true);
+        for &peer in peers {
+            if matches!(peer, Peer::Node(n) if self.is_down(n)) {
+                complete = false;
+                continue;
+            }
             let rate = self.config.transfer_keys_per_second_max;
-            match self.sync_partition(partition, source, rate).await {
+            match self.sync_partition(partition, peer, rate).await {
                 Ok(report) => {
                     let c = &self.counters.transfer_keys;
                     c.set(c.get() + report.repaired);
+                    compared += 1;
                     complete &= report.failed == 0;
                 }
                 Err(_) if crate::server::shutdown::requested() => return None,
                 Err(err) => {
-                    tracing::debug!(partition, %source, "transfer stopped: {err}");
+                    tracing::debug!(partition, %peer, "transfer stopped: {err}");
                     complete = false;
                 }
             }
         }
-        Some(complete)
+        Some((compared, complete))
     }
 
-    /// Drops this shard's copy of `partition`; false at shutdown.
-    async fn drop_partition(&self, partition: u32) -> bool {
+    /// Copies `partition` from the live replicas that hold it (current
+    /// owners, and incoming replicas that already confirmed; another shard
+    /// of this node among them, when the partition moves between shards).
+    async fn receive_partition(&self, view: &ClusterView, partition: u32) -> Option<Received> {
+        let ownership = view.ownership.as_ref()?;
+        let Some(sources) = self.peers_of(view, &ownership.sources(partition)) else {
+            return Some(Received::Retry);
+        };
+        if sources.is_empty() {
+            tracing::warn!(
+                partition,
+                "every replica holding this partition is gone: it starts empty here"
+            );
+            return Some(Received::Complete);
+        }
+        let (compared, complete) = self.sync_with_all(partition, &sources).await?;
+        Some(match (compared, complete) {
+            (0, _) => Received::Retry,
+            (_, true) => Received::Complete,
+            (_, false) => Received::Partial,
+        })
+    }
+
+    /// Drops this shard's copy of `partition` while ownership stays at
+    /// `plan`; false at shutdown.
+    async fn drop_partition(&self, partition: u32, plan: (u64, u64)) -> bool {
         let keys = self.engine.partition_keys(partition);
         let mut dropped = 0u64;
         for batch in keys.chunks(DROP_BATCH) {
+            if self.view().ownership.as_ref().map(|o| o.plan()) != Some(plan) {
+                return true;
+            }
             for info in batch {
                 let _guard = self.key_locks.lock(&info.key).await;
                 let seq = if info.tombstone {
@@ -138,12 +168,30 @@ impl Shard {
     }
 }
 
+/// What copying an incoming partition achieved.
+enum Received {
+    /// Every key every live source holds differently was merged.
+    Complete,
+    /// Compared, but some keys could not be merged (or a source was down).
+    Partial,
+    /// Nothing compared: no source reachable.
+    Retry,
+}
+
+/// Passes in a row that ended `Partial` before a partition is confirmed
+/// anyway: keys that can never be merged (past a sibling or size limit)
+/// must not hold a join or leave up for ever; anti-entropy keeps trying
+/// them.
+const PARTIAL_PASSES_MAX: u32 = 3;
+
 /// Receives incoming partitions and drops moved ones until shutdown; run it
 /// in a low-share task queue.
 pub(crate) async fn transfer_loop(shard: Rc<Shard>) {
-    // Partitions received under the pending table of an epoch.
-    let mut received: BTreeSet<(u64, u32)> = BTreeSet::new();
-    let mut settled_since: Option<(u64, Instant)> = None;
+    // Partitions received under a plan, and partial passes per partition.
+    let mut received: BTreeSet<u32> = BTreeSet::new();
+    let mut partial: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut plan = (0, 0);
+    let mut settled_since: Option<Instant> = None;
     let me = Owner {
         node: shard.me,
         shard: shard.id as u16,
@@ -156,51 +204,76 @@ pub(crate) async fn transfer_loop(shard: Rc<Shard>) {
         let Some(ownership) = &view.ownership else {
             continue;
         };
-        let epoch = ownership.epoch();
-        if ownership.pending().is_some() {
+        if ownership.plan() != plan {
+            plan = ownership.plan();
+            received.clear();
+            partial.clear();
             settled_since = None;
-            received.retain(|(e, _)| *e == epoch);
+        }
+        if ownership.pending().is_some() {
             for partition in 0..shard.q.get() {
-                let wanted = ownership.incoming(partition).any(|o| o == me)
-                    && !ownership.is_confirmed(partition, shard.me)
-                    && !received.contains(&(epoch, partition));
-                if !wanted {
+                if !ownership.incoming(partition).any(|o| o == me) || ownership.is_confirmed(partition, shard.me) {
                     continue;
                 }
-                match shard.receive_partition(&view, partition).await {
-                    None => return,
-                    Some(false) => {}
-                    Some(true) => {
-                        received.insert((epoch, partition));
-                        shard.confirm_transfer(partition).await;
-                    }
+                // Confirmed before, but not in the view yet (or the
+                // confirmation was lost): confirming again is harmless.
+                if received.contains(&partition) {
+                    shard.confirm_transfer(partition).await;
+                    continue;
                 }
-                if shard.view().epoch() != epoch {
+                let done = match shard.receive_partition(&view, partition).await {
+                    None => return,
+                    Some(Received::Retry) => false,
+                    Some(Received::Complete) => true,
+                    Some(Received::Partial) => {
+                        let passes = partial.entry(partition).or_default();
+                        *passes += 1;
+                        if *passes >= PARTIAL_PASSES_MAX {
+                            tracing::warn!(
+                                partition,
+                                "confirming a partition with keys that could not be merged; anti-entropy retries them"
+                            );
+                        }
+                        *passes >= PARTIAL_PASSES_MAX
+                    }
+                };
+                if done {
+                    // What was copied is durable before anyone may drop it.
+                    if shard.engine.sync().await.is_err() {
+                        continue;
+                    }
+                    received.insert(partition);
+                    shard.confirm_transfer(partition).await;
+                }
+                if shard.view().ownership.as_ref().map(|o| o.plan()) != Some(plan) {
                     break;
                 }
             }
             continue;
         }
-        received.clear();
-        let since = match settled_since {
-            Some((e, since)) if e == epoch => since,
-            _ => {
-                settled_since = Some((epoch, Instant::now()));
-                continue;
-            }
-        };
+        let since = *settled_since.get_or_insert_with(Instant::now);
         if since.elapsed() < Duration::from_millis(shard.config.ownership_drop_delay_ms) {
             continue;
         }
-        let table = ownership.current();
         for partition in shard.engine.partition_ids() {
-            if table.owners(partition).contains(&me) {
+            if ownership.current().owners(partition).contains(&me) {
                 continue;
             }
-            if shard.view().epoch() != epoch {
+            // Hand off before dropping: whatever this copy holds that the
+            // owners lack (a write only it took, a table that changed
+            // under it) reaches every owner first.
+            let Some(owners) = shard.peers_of(&view, ownership.current().owners(partition)) else {
+                continue;
+            };
+            match shard.sync_with_all(partition, &owners).await {
+                None => return,
+                Some((compared, true)) if compared == owners.len() && compared > 0 => {}
+                Some(_) => continue,
+            }
+            if shard.view().ownership.as_ref().map(|o| o.plan()) != Some(plan) {
                 break;
             }
-            if !shard.drop_partition(partition).await {
+            if !shard.drop_partition(partition, plan).await {
                 return;
             }
         }

@@ -66,11 +66,6 @@ impl ClusterView {
         self.forming.clone()
     }
 
-    /// The ownership epoch (0 while forming).
-    pub(crate) fn epoch(&self) -> u64 {
-        self.ownership.as_ref().map_or(0, Ownership::epoch)
-    }
-
     /// Replicas of `partition` that are receiving its data (owners in the
     /// pending table that do not own it now).
     pub(crate) fn incoming(&self, partition: u32) -> Vec<Owner> {

@@ -230,3 +230,16 @@ pub fn client_options() -> ClientOptions {
         ..ClientOptions::default()
     }
 }
+
+/// Seeds of a seeded simulation: `DYNKV_SIM_SEED=<seed>` replays one,
+/// `DYNKV_SIM_SEEDS=<n>` runs `n` (default `count`).
+pub fn seeds(count: u64) -> Vec<u64> {
+    if let Ok(seed) = std::env::var("DYNKV_SIM_SEED") {
+        return vec![seed.parse().expect("DYNKV_SIM_SEED is a u64")];
+    }
+    let count: u64 = std::env::var("DYNKV_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(count);
+    (0..count).collect()
+}
