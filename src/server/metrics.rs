@@ -187,6 +187,10 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
             "dynkv_anti_entropy_passes_total",
             "Completed passes over the shard's partitions.",
         ),
+        (
+            "dynkv_anti_entropy_failed_total",
+            "Keys anti-entropy could not merge (a refusal, a limit); retried next pass.",
+        ),
     ];
     for (i, (name, help)) in anti_entropy.iter().enumerate() {
         metric(
