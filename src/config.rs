@@ -69,6 +69,11 @@ pub(crate) struct ServeConfig {
     /// Hints older than this are dropped (and counted); anti-entropy
     /// repairs what they carried.
     pub(crate) hint_age_max_ms: u64,
+    /// A delete's tombstone is removed once every replica holds it (checked
+    /// by anti-entropy) and it is older than this. It must exceed
+    /// `hint_age_max_ms`, so that no hint older than the delete can still
+    /// be delivered after the tombstone is gone.
+    pub(crate) tombstone_reap_after_ms: u64,
     /// Pause between handoff passes, and hints delivered per second at most.
     pub(crate) handoff_interval_ms: u64,
     pub(crate) handoff_per_second_max: u64,
@@ -117,6 +122,7 @@ impl Default for ServeConfig {
             siblings_max: 32,
             hints_max_mib: 1024,
             hint_age_max_ms: 3 * 3600 * 1000,
+            tombstone_reap_after_ms: 4 * 3600 * 1000,
             handoff_interval_ms: 1_000,
             handoff_per_second_max: 5_000,
             anti_entropy_partition_pause_ms: 100,
@@ -288,6 +294,13 @@ impl ServeConfig {
         {
             return Err("the handoff and anti-entropy intervals and rates must be positive".into());
         }
+        if self.tombstone_reap_after_ms <= self.hint_age_max_ms {
+            return Err(format!(
+                "tombstone_reap_after_ms = {} must exceed hint_age_max_ms = {}: a hint older than a reaped \
+                 tombstone could bring its key back",
+                self.tombstone_reap_after_ms, self.hint_age_max_ms
+            ));
+        }
         if self.weight > dynkv_ring::WEIGHT_MAX {
             return Err(format!("weight = {} exceeds {}", self.weight, dynkv_ring::WEIGHT_MAX));
         }
@@ -384,5 +397,20 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.contains("65535"), "{err}");
+        let file = dir.path().join("reap.toml");
+        std::fs::write(
+            &file,
+            "hint_age_max_ms = 5000
+tombstone_reap_after_ms = 5000
+",
+        )
+        .unwrap();
+        let err = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.contains("tombstone_reap_after_ms"), "{err}");
     }
 }

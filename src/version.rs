@@ -283,11 +283,20 @@ impl Clock {
                     .ok_or(VersionError::CounterExhausted { node })?;
                 entries[i].values.insert(0, sibling);
             }
+            // A writer's first dot on a key starts at the write's time in
+            // microseconds, not at 1. The key's history may have been
+            // reaped (a tombstone every replica held was removed), and a
+            // replica that has not reaped yet still holds the old dots: a
+            // counter restarting at 1 could equal one of them, and the new
+            // write would be taken for known and lost (Riak's kv679). A
+            // writer's counter on a key advances by one per write, far
+            // slower than a microsecond clock, so a new history starts
+            // above any old one.
             Err(i) => entries.insert(
                 i,
                 Entry {
                     node,
-                    counter: 1,
+                    counter: sibling.timestamp_ms.saturating_mul(1000).max(1),
                     values: vec![sibling],
                 },
             ),

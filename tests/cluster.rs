@@ -107,6 +107,15 @@ impl Cluster {
             .sum()
     }
 
+    /// Waits until no node holds another down.
+    fn wait_all_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (0..NODES).any(|i| self.metric(i, "dynkv_cluster_members_down") > 0) {
+            assert!(Instant::now() < deadline, "nodes still see each other down after 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn stop_all(&mut self) {
         for (i, node) in self.nodes.iter_mut().enumerate() {
             if let Some(node) = node.take() {
@@ -436,4 +445,139 @@ fn anti_entropy_alone_repairs_a_node_that_missed_writes() {
         let values = stored_values(cluster.dirs[2].path(), key.as_bytes());
         assert_eq!(values, vec![value_of(key)], "{key} on node 2");
     }
+}
+
+#[test]
+fn deletes_are_reaped_once_every_replica_holds_them_and_never_come_back() {
+    // Hints expire at once, so the node that missed the deletes learns of
+    // them from anti-entropy; tombstones may be reaped 1.5 s after the
+    // delete, once every replica holds them.
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("dynkv.toml");
+    std::fs::write(
+        &config,
+        "hint_age_max_ms = 300\ntombstone_reap_after_ms = 1500\nanti_entropy_partition_pause_ms = 2\n\
+         anti_entropy_keys_per_second_max = 100000\n",
+    )
+    .unwrap();
+    let mut cluster = Cluster::start_with(3, vec!["--config".into(), config.to_str().unwrap().into()]);
+    let keys: Vec<String> = (0..20).map(|i| format!("gone-{i}")).collect();
+    let a = cluster.node(0).addr();
+    let put_all = |addr, keys: Vec<String>| {
+        run(async move {
+            let client = Client::connect(addr, client_options()).await.unwrap();
+            for key in &keys {
+                client.put(key.as_bytes(), &value_of(key), None).await.unwrap();
+            }
+        })
+    };
+    put_all(a, keys.clone());
+    // Node 2 misses the deletes, and keeps the values.
+    cluster.nodes[2].take().unwrap().kill();
+    run({
+        let keys = keys.clone();
+        async move {
+            let client = Client::connect(a, client_options()).await.unwrap();
+            for key in &keys {
+                let context = client.get(key.as_bytes()).await.unwrap().context;
+                client.delete(key.as_bytes(), &context).await.unwrap();
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let reaped = |cluster: &Cluster, nodes: &[usize]| -> u64 {
+        nodes
+            .iter()
+            .map(|&i| cluster.metric(i, "dynkv_tombstones_reaped_total"))
+            .sum()
+    };
+    assert_eq!(
+        reaped(&cluster, &[0, 1]),
+        0,
+        "nothing is reaped while a replica is away"
+    );
+    cluster.spawn(2);
+    cluster.wait_ready(2);
+    cluster.wait_all_up();
+    // Every replica: the delete arrives at node 2 through anti-entropy,
+    // then all three reap, and no read at any point sees a value again.
+    let read_all = |cluster: &Cluster, stage: &str| {
+        for i in 0..NODES {
+            let addr = cluster.node(i).addr();
+            let keys = keys.clone();
+            let stage = stage.to_string();
+            run(async move {
+                let client = Client::connect(addr, client_options()).await.unwrap();
+                let all = CallOptions {
+                    quorum: Some(3),
+                    ..CallOptions::default()
+                };
+                for key in &keys {
+                    // A restarted node's links back off for up to 5 s
+                    // after its absence: R = 3 may be unavailable briefly.
+                    let deadline = Instant::now() + Duration::from_secs(15);
+                    let got = loop {
+                        match client.get_with(key.as_bytes(), &all).await {
+                            Ok(got) => break got,
+                            Err(e) if Instant::now() < deadline => {
+                                let _ = e;
+                                glommio::timer::sleep(Duration::from_millis(200)).await;
+                            }
+                            Err(e) => panic!("{key} through node {i} {stage}: {e}"),
+                        }
+                    };
+                    assert!(
+                        got.values.is_empty(),
+                        "{key} came back through node {i} {stage}: {got:?}"
+                    );
+                }
+            });
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        read_all(&cluster, "while reaping");
+        let stored: u64 = (0..NODES).map(|i| cluster.metric(i, "dynkv_engine_keys")).sum();
+        if stored == 0 && reaped(&cluster, &[0, 1, 2]) >= 3 * keys.len() as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let per_node: Vec<(u64, u64)> = (0..NODES)
+                .map(|i| {
+                    (
+                        cluster.metric(i, "dynkv_engine_keys"),
+                        cluster.metric(i, "dynkv_tombstones_reaped_total"),
+                    )
+                })
+                .collect();
+            panic!("tombstones not reaped in 60 s: (keys, reaped) per node {per_node:?}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Reaped for good: after a restart too.
+    let node = cluster.nodes[1].take().unwrap();
+    assert!(node.terminate().success());
+    cluster.spawn(1);
+    cluster.wait_ready(1);
+    cluster.wait_all_up();
+    read_all(&cluster, "after a restart");
+    // A key written again after its history was reaped is not taken for
+    // an old write (no dot is reused).
+    put_all(cluster.node(1).addr(), keys.clone());
+    for i in 0..NODES {
+        let addr = cluster.node(i).addr();
+        let keys = keys.clone();
+        run(async move {
+            let client = Client::connect(addr, client_options()).await.unwrap();
+            let all = CallOptions {
+                quorum: Some(3),
+                ..CallOptions::default()
+            };
+            for key in &keys {
+                let got = client.get_with(key.as_bytes(), &all).await.unwrap();
+                assert_eq!(got.values, vec![value_of(key)], "{key} rewritten, through node {i}");
+            }
+        });
+    }
+    cluster.stop_all();
 }

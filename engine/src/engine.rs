@@ -42,6 +42,8 @@ pub struct KeyInfo {
     pub key: Bytes,
     pub seq: u64,
     pub tombstone: bool,
+    /// Written with [`Engine::put_staged_marked`] and `marked`.
+    pub marked: bool,
     /// The object's Merkle contribution (its body checksum).
     pub object_hash: u64,
 }
@@ -302,6 +304,13 @@ impl Engine {
         self.stage(partition, 0, key, value).await
     }
 
+    /// [`Engine::put_staged`], with the value *marked* or not: a bit the
+    /// caller reads back in [`KeyInfo::marked`] without reading the value.
+    pub async fn put_staged_marked(&self, partition: u32, key: &[u8], value: &[u8], marked: bool) -> Result<Staged> {
+        let flags = if marked { crate::record::FLAG_MARKED } else { 0 };
+        self.stage(partition, flags, key, value).await
+    }
+
     /// Waits until a staged write is as durable as the sync mode promises;
     /// returns its sequence number.
     pub async fn wait_staged(&self, staged: Staged) -> Result<u64> {
@@ -431,6 +440,7 @@ impl Engine {
                 key: Bytes::copy_from_slice(key),
                 seq: entry.seq,
                 tombstone: entry.is_tombstone(),
+                marked: entry.flags & crate::record::FLAG_MARKED != 0,
                 object_hash: entry.body_checksum,
             })
             .collect()

@@ -23,8 +23,12 @@ pub(crate) const RECORD_HEADER_BYTES: usize = std::mem::size_of::<RecordHeader>(
 
 /// Flag bit: the record is a tombstone. Its value holds the delete's context.
 pub(crate) const FLAG_TOMBSTONE: u8 = 0b0000_0001;
+/// A value the caller marked when writing it (dynkv marks versions whose
+/// every sibling is a delete, so that anti-entropy finds the tombstones
+/// it may reap without reading every value). Part of the body checksum.
+pub(crate) const FLAG_MARKED: u8 = 0b0000_0010;
 /// All flag bits this version defines; any other bit set means corruption.
-const FLAGS_KNOWN: u8 = FLAG_TOMBSTONE;
+const FLAGS_KNOWN: u8 = FLAG_TOMBSTONE | FLAG_MARKED;
 
 /// The fixed header in front of every record. Little-endian, no implicit
 /// padding (bytemuck's `Pod` derive rejects padding at compile time).

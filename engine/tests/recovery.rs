@@ -211,3 +211,40 @@ fn a_segment_cut_short_at_creation_is_removed_and_the_store_opens() {
         assert!(!blank.exists(), "the unfinished segment was removed");
     }
 }
+
+#[test]
+fn the_caller_mark_survives_reopening_from_hints_and_from_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let marked_of = |engine: &Engine| -> Vec<(Vec<u8>, bool)> {
+        let mut keys: Vec<(Vec<u8>, bool)> = (0..4)
+            .flat_map(|p| engine.partition_keys(p))
+            .map(|k| (k.key.to_vec(), k.marked))
+            .collect();
+        keys.sort();
+        keys
+    };
+    let written = run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        for i in 0..600 {
+            let staged = engine
+                .put_staged_marked(i % 4, &key(i), &value(i), i % 3 == 0)
+                .await
+                .unwrap();
+            engine.wait_staged(staged).await.unwrap();
+        }
+        let keys = marked_of(&engine);
+        engine.close().await.unwrap();
+        keys
+    });
+    assert_eq!(written.iter().filter(|(_, m)| *m).count(), 200);
+    for from_scan in [false, true] {
+        if from_scan {
+            remove_hints(dir.path());
+        }
+        run(async {
+            let engine = Engine::open(small_config(dir.path())).await.unwrap();
+            assert_eq!(marked_of(&engine), written, "from a scan: {from_scan}");
+            engine.close().await.unwrap();
+        });
+    }
+}

@@ -154,9 +154,18 @@ impl GetRound {
     /// Read repair: the replicas that answered with less than the merge.
     /// Call when the round is finished; they should get [`GetRound::merged`].
     pub fn repairs(&self) -> Vec<Send> {
+        self.repairs_except_absent(false)
+    }
+
+    /// [`GetRound::repairs`], leaving out replicas that answered without
+    /// the key when `skip_absent`: the coordinator passes it for a delete
+    /// old enough to be reaped, which such a replica may already have
+    /// reaped (absent reads as deleted, so it lacks nothing).
+    pub fn repairs_except_absent(&self, skip_absent: bool) -> Vec<Send> {
         self.replies
             .iter()
             .filter_map(|(send, reply)| match reply {
+                Reply::Got(clock) if skip_absent && clock.is_empty() => None,
                 Reply::Got(clock) if *clock != self.merged => Some(*send),
                 _ => None,
             })

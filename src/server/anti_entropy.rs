@@ -26,8 +26,9 @@ use dynkv::object::{decode_object, object_bytes};
 use dynkv::version::Clock;
 use dynkv_engine::merkle::{leaf_of, MERKLE_BRANCHES, MERKLE_LEAVES_PER_BRANCH};
 use dynkv_net::{Head, Opcode, Status};
-use dynkv_ring::NodeId;
+use dynkv_ring::{NodeId, Owner};
 
+use crate::server::hints::unix_ms;
 use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
 
 /// What a MerkleExchange request asks for (its key: partition u32 LE |
@@ -315,6 +316,12 @@ impl Shard {
             .read_local(partition, key)
             .await
             .map_err(|_| "cannot read the local version")?;
+        // A side without the key reads as deleted already: a reapable
+        // tombstone is not copied to it (it may have reaped it), and the
+        // side holding it reaps it in turn.
+        if (ours.is_empty() && self.reapable(&theirs)) || (theirs.is_empty() && self.reapable(&ours)) {
+            return Ok(false);
+        }
         let merged = ours.sync(&theirs);
         let mut changed = false;
         if merged != ours {
@@ -328,6 +335,93 @@ impl Shard {
             changed = true;
         }
         Ok(changed)
+    }
+}
+
+impl Shard {
+    /// A delete every sibling of which is older than
+    /// `tombstone_reap_after_ms`.
+    pub(crate) fn reapable(&self, clock: &Clock) -> bool {
+        let newest = clock.siblings().map(|s| s.timestamp_ms).max();
+        clock.is_deleted() && newest.is_some_and(|t| t.saturating_add(self.config.tombstone_reap_after_ms) < unix_ms())
+    }
+
+    /// Removes this shard's reapable tombstones of `partition` that every
+    /// other current owner holds identically or no longer holds. Only with
+    /// ownership settled and every owner up: an owner that cannot answer
+    /// may hold an older value the tombstone must still supersede. Returns
+    /// the keys reaped.
+    async fn reap_tombstones(&self, partition: u32) -> Result<u64, String> {
+        let view = self.view();
+        let Some(ownership) = &view.ownership else {
+            return Ok(0);
+        };
+        let owners = ownership.current().owners(partition);
+        let me = Owner {
+            node: self.me,
+            shard: self.id as u16,
+        };
+        if ownership.pending().is_some() || !owners.contains(&me) {
+            return Ok(0);
+        }
+        let others: Vec<NodeId> = owners.iter().map(|o| o.node).filter(|&n| n != self.me).collect();
+        if others.iter().any(|&n| self.is_down(n)) {
+            return Ok(0);
+        }
+        let mut candidates: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+        for info in self.engine.partition_keys(partition) {
+            if !info.marked || info.tombstone {
+                continue;
+            }
+            if matches!(self.read_local(partition, &info.key).await, Ok(clock) if self.reapable(&clock)) {
+                candidates.push((info.key.to_vec(), info.seq, info.object_hash));
+            }
+        }
+        let mut branches: Vec<usize> = candidates
+            .iter()
+            .map(|(key, _, _)| leaf_of(key) / MERKLE_LEAVES_PER_BRANCH)
+            .collect();
+        branches.sort_unstable();
+        branches.dedup();
+        let mut reaped = 0;
+        for branch in branches {
+            let mut agreed: Vec<&(Vec<u8>, u64, u64)> = candidates
+                .iter()
+                .filter(|(key, _, _)| leaf_of(key) / MERKLE_LEAVES_PER_BRANCH == branch)
+                .collect();
+            for &peer in &others {
+                let listing = self
+                    .merkle_ask(Peer::Node(peer), partition, WHAT_KEYS, branch as u16)
+                    .await?;
+                let theirs: std::collections::HashMap<Vec<u8>, u64> = decode_key_hashes(&listing)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .collect();
+                agreed.retain(|(key, _, hash)| theirs.get(key).is_none_or(|h| h == hash));
+            }
+            for (key, seq, _) in agreed {
+                let _guard = self.key_locks.lock(key).await;
+                // Unchanged since it was listed (no write landed meanwhile).
+                let unchanged = matches!(
+                    self.engine.get(partition, key).await,
+                    Ok(Some(record)) if record.seq == *seq && !record.tombstone
+                );
+                if !unchanged {
+                    continue;
+                }
+                // An engine tombstone keeps the old object from coming back
+                // from its segment after a restart; it is taken out of the
+                // keydir at once, so the key is simply absent.
+                let deleted = self
+                    .engine
+                    .delete(partition, key, &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.engine.reap_tombstone(partition, key, deleted);
+                reaped += 1;
+            }
+        }
+        Ok(reaped)
     }
 }
 
@@ -383,6 +477,10 @@ pub(crate) async fn anti_entropy_loop(shard: Rc<Shard>) {
                     c.ae_failed.set(c.ae_failed.get() + report.failed);
                 }
             }
+        }
+        match shard.reap_tombstones(partition).await {
+            Ok(reaped) => shard.counters.ae_reaped.set(shard.counters.ae_reaped.get() + reaped),
+            Err(err) => tracing::debug!(partition, "tombstone reaping stopped: {err}"),
         }
     }
 }

@@ -123,7 +123,11 @@ impl Shard {
                 );
                 return Outcome::failed(Status::ValueTooLarge, message);
             }
-            let staged = match self.engine.put_staged(partition, key, &bytes).await {
+            let staged = match self
+                .engine
+                .put_staged_marked(partition, key, &bytes, object.is_deleted())
+                .await
+            {
                 Ok(staged) => staged,
                 Err(err) => return engine_failure(err),
             };
@@ -404,7 +408,7 @@ impl Shard {
                 Some(None) | None => round.handle_tick(self.now_ms()),
             }
         }
-        let repairs = round.repairs();
+        let repairs = round.repairs_except_absent(self.reapable(round.merged()));
         if repairs.is_empty() {
             return;
         }

@@ -246,8 +246,7 @@ impl Members {
                 .map(NodeRecord::claim_node)
                 .collect()
         };
-        let table = claim(None, &nodes, self.q, self.n.min(nodes.len().max(1)))
-            .map_err(|e| format!("cannot place partitions: {e}"))?;
+        let table = claim(None, &nodes, self.q, self.n).map_err(|e| format!("cannot place partitions: {e}"))?;
         *self.ownership.borrow_mut() = Some(Ownership::genesis(table));
         Ok(true)
     }

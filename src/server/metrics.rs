@@ -32,6 +32,7 @@ pub(crate) struct ShardCounters {
     pub(crate) ae_repaired: Cell<u64>,
     pub(crate) ae_passes: Cell<u64>,
     pub(crate) ae_failed: Cell<u64>,
+    pub(crate) ae_reaped: Cell<u64>,
     /// Ownership changes: keys copied into partitions this shard receives,
     /// partitions it confirmed, and partitions (and their keys) it dropped
     /// after they moved away.
@@ -50,7 +51,7 @@ pub(crate) struct CountersSnapshot {
     pub(crate) errors: u64,
     pub(crate) forwarded: u64,
     pub(crate) read_repairs: u64,
-    pub(crate) ae: [u64; 5],
+    pub(crate) ae: [u64; 6],
     pub(crate) moves: [u64; 4],
     pub(crate) latency: [u64; LATENCY_BUCKETS_US.len() + 1],
     pub(crate) latency_sum_us: u64,
@@ -107,6 +108,7 @@ impl ShardCounters {
                 self.ae_repaired.get(),
                 self.ae_passes.get(),
                 self.ae_failed.get(),
+                self.ae_reaped.get(),
             ],
             moves: [
                 self.transfer_keys.get(),
@@ -190,6 +192,10 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
         (
             "dynkv_anti_entropy_failed_total",
             "Keys anti-entropy could not merge (a refusal, a limit); retried next pass.",
+        ),
+        (
+            "dynkv_tombstones_reaped_total",
+            "Deleted keys removed once every replica held the delete (or had removed it).",
         ),
     ];
     for (i, (name, help)) in anti_entropy.iter().enumerate() {

@@ -94,7 +94,12 @@ impl Shard {
             }
             return Outcome::Done;
         };
-        let staged = match self.engine.put_staged(partition, key, &object_bytes(&merged)).await {
+        let bytes = object_bytes(&merged);
+        let staged = match self
+            .engine
+            .put_staged_marked(partition, key, &bytes, merged.is_deleted())
+            .await
+        {
             Ok(staged) => staged,
             Err(err) => return engine_failure(err),
         };
