@@ -10,11 +10,8 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dynkv::object::decode_object;
-use dynkv_engine::{Engine, EngineConfig};
 use dynkv_net::{CallOptions, Client, ClientError, Status};
-use dynkv_ring::PartitionCount;
-use support::{client_options, free_ports, run, Node, Ports, SHARDS};
+use support::{client_options, free_ports, run, stored_values, Node, Ports};
 
 const SECRET: &str = "test-cluster-secret-0123456789";
 const NODES: usize = 3;
@@ -123,27 +120,6 @@ impl Cluster {
             }
         }
     }
-}
-
-/// Opens a stopped node's engines and reads `key`'s live values.
-fn stored_values(dir: &std::path::Path, key: &[u8]) -> Vec<Vec<u8>> {
-    let partition = PartitionCount::default().partition_of(key);
-    let data = dir.join("dynkv-data");
-    let key = key.to_vec();
-    run(async move {
-        let mut found = Vec::new();
-        for shard in 0..SHARDS {
-            let mut config = EngineConfig::new(data.join(format!("shard-{shard}")).canonicalize().unwrap());
-            config.value_len_max_bytes = 8 << 20;
-            let engine = Engine::open(config).await.unwrap();
-            if let Some(record) = engine.get(partition, &key).await.unwrap() {
-                let clock = decode_object(&record.value).unwrap();
-                found.extend(clock.siblings().filter_map(|s| s.value.clone()));
-            }
-            engine.close().await.unwrap();
-        }
-        found
-    })
 }
 
 fn value_of(key: &str) -> Vec<u8> {

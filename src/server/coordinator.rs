@@ -469,7 +469,11 @@ impl Shard {
         };
         let deadline = std::time::Instant::now() + timeout;
         let mut last = String::from("no primary");
-        for owner in view.primaries(partition) {
+        // Primaries held down go last: a write sent to one that does not
+        // answer cannot be retried elsewhere.
+        let mut primaries = view.primaries(partition).to_vec();
+        primaries.sort_by_key(|o| self.is_down(o.node));
+        for owner in &primaries {
             let remaining = deadline.saturating_duration_since(std::time::Instant::now());
             if remaining.is_zero() {
                 break;

@@ -243,3 +243,28 @@ pub fn seeds(count: u64) -> Vec<u64> {
         .unwrap_or(count);
     (0..count).collect()
 }
+
+/// Opens a stopped node's engines (its working directory `dir`, data in
+/// `dir/dynkv-data`) and reads `key`'s live values.
+pub fn stored_values(dir: &Path, key: &[u8]) -> Vec<Vec<u8>> {
+    let partition = dynkv_ring::PartitionCount::default().partition_of(key);
+    let data = dir.join("dynkv-data");
+    let key = key.to_vec();
+    run(async move {
+        let mut found = Vec::new();
+        for shard in 0..SHARDS {
+            let mut config =
+                dynkv_engine::EngineConfig::new(data.join(format!("shard-{shard}")).canonicalize().unwrap());
+            config.value_len_max_bytes = 8 << 20;
+            let engine = dynkv_engine::Engine::open(config).await.unwrap();
+            if let Some(record) = engine.get(partition, &key).await.unwrap() {
+                if !record.tombstone {
+                    let clock = dynkv::object::decode_object(&record.value).unwrap();
+                    found.extend(clock.siblings().filter_map(|s| s.value.clone()));
+                }
+            }
+            engine.close().await.unwrap();
+        }
+        found
+    })
+}
