@@ -51,25 +51,6 @@ stop_servers() {
   for pid in "${servers[@]}"; do wait "$pid" 2>/dev/null || true; done
   servers=(); rm -rf "$work"/node*
 }
-# Runs dynkv bench ($1 = label, rest = arguments) and prints a table row
-# with server CPU per million operations.
-bench_row() {
-  local label=$1; shift
-  local before after
-  before=$(cpu_seconds "${servers[@]}")
-  "$bin" bench --quiet --json "$work/b.json" --svg "$work/b.svg" "$@" >"$work/b.txt"
-  after=$(cpu_seconds "${servers[@]}")
-  python3 - "$work/b.json" "$label" "$before" "$after" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1])); label = sys.argv[2]; cpu = float(sys.argv[4]) - float(sys.argv[3])
-ops = r["operations"]; errors = sum(r["errors"].values())
-p99 = max((v["p99_us"] for v in r["by_operation"].values()), default=0)
-p50 = max((v["p50_us"] for v in r["by_operation"].values()), default=0)
-per_m = cpu / max(ops, 1) * 1e6
-print(f"| {label} | {r['throughput_ops_s']:.0f} | {p50/1000:.3f} ms | {p99/1000:.3f} ms | {per_m:.2f} | {errors} | {r['sibling_reads']} | {100*r['client_utilization']:.0f}% |")
-PY
-}
-
 {
   echo "Run of $(date -u +%Y-%m-%d) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)),"
   echo "$(uname -r), data on $(df --output=source,fstype . | tail -1 | xargs); redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)."
@@ -149,18 +130,4 @@ PY
   fi
 } | tee "$out"
 
-python3 - "$out" <<'PY'
-import sys
-results = open(sys.argv[1]).read()
-path = "docs/PERFORMANCE.md"
-doc = open(path).read()
-begin, end = "<!-- e2e:begin -->", "<!-- e2e:end -->"
-if begin in doc and end in doc:
-    head, rest = doc.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    doc = head + begin + "\n" + results + "\n" + end + tail
-else:
-    doc += "\n## End to end (`benches/e2e.sh`)\n\n" + begin + "\n" + results + "\n" + end + "\n"
-open(path, "w").write(doc)
-print(f"wrote the results into {path}")
-PY
+write_section "$out" e2e "End to end (\`benches/e2e.sh\`)"

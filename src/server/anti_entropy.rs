@@ -154,7 +154,8 @@ impl Shard {
             timeout_ms: self.config.request_timeout_ms as u32,
             ..Head::request(Opcode::MerkleExchange, 0)
         };
-        self.links
+        let answer = self
+            .links
             .call_for_value(
                 peer,
                 shard,
@@ -163,7 +164,14 @@ impl Shard {
                 (&key, &[], &[]),
                 timeout,
             )
-            .await
+            .await?;
+        self.count_sync_bytes(answer.len());
+        Ok(answer)
+    }
+
+    fn count_sync_bytes(&self, bytes: usize) {
+        let c = &self.counters.sync_bytes_received;
+        c.set(c.get() + bytes as u64);
     }
 
     /// `peer`'s stored version of `key`.
@@ -195,6 +203,7 @@ impl Shard {
                     .call_replica(Opcode::ReplicaGet, send, partition, key, &[])
                     .await
                     .map_err(|e| e.to_string())?;
+                self.count_sync_bytes(response.value.len());
                 match response.status {
                     s if s != Status::Ok as u8 => Err(String::from_utf8_lossy(&response.value).into_owned()),
                     _ if response.value.is_empty() => Ok(Clock::new()),

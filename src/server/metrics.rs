@@ -40,6 +40,9 @@ pub(crate) struct ShardCounters {
     pub(crate) transfers_confirmed: Cell<u64>,
     pub(crate) dropped_partitions: Cell<u64>,
     pub(crate) dropped_keys: Cell<u64>,
+    /// Bytes received from peers by partition comparisons (Merkle hashes,
+    /// key listings, objects): anti-entropy, transfers and hand-offs.
+    pub(crate) sync_bytes_received: Cell<u64>,
     latency: [Cell<u64>; LATENCY_BUCKETS_US.len() + 1],
     latency_sum_us: Cell<u64>,
 }
@@ -52,7 +55,7 @@ pub(crate) struct CountersSnapshot {
     pub(crate) forwarded: u64,
     pub(crate) read_repairs: u64,
     pub(crate) ae: [u64; 6],
-    pub(crate) moves: [u64; 4],
+    pub(crate) moves: [u64; 5],
     pub(crate) latency: [u64; LATENCY_BUCKETS_US.len() + 1],
     pub(crate) latency_sum_us: u64,
     pub(crate) connections: usize,
@@ -115,6 +118,7 @@ impl ShardCounters {
                 self.transfers_confirmed.get(),
                 self.dropped_partitions.get(),
                 self.dropped_keys.get(),
+                self.sync_bytes_received.get(),
             ],
             latency: std::array::from_fn(|i| self.latency[i].get()),
             latency_sum_us: self.latency_sum_us.get(),
@@ -221,6 +225,10 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
             "Partitions whose local copy was dropped after moving to their new owners.",
         ),
         ("dynkv_dropped_keys_total", "Keys removed with those copies."),
+        (
+            "dynkv_sync_bytes_received_total",
+            "Bytes received by partition comparisons (anti-entropy, transfers, hand-offs): hashes, key listings, objects.",
+        ),
     ];
     for (i, (name, help)) in moves.iter().enumerate() {
         metric(
