@@ -43,6 +43,10 @@ pub(crate) struct ServeConfig {
     /// node waits for the cluster's ownership table, and the cluster then
     /// moves this node's share of partitions to it.
     pub(crate) join: Vec<String>,
+    /// The internode address (`host:port` of shard 0; shard N at port + N)
+    /// other nodes dial, when it is not `listen:internode_base_port`
+    /// (behind NAT, a proxy, or a container's port mapping).
+    pub(crate) advertise: Option<String>,
     /// Capacity weight: this node's share of partitions is proportional to
     /// it. 0 means the shard count.
     pub(crate) weight: u32,
@@ -111,6 +115,7 @@ impl Default for ServeConfig {
             node_id: 0,
             peers: Vec::new(),
             join: Vec::new(),
+            advertise: None,
             weight: 0,
             zone: 0,
             cluster_secret: String::new(),
@@ -183,6 +188,10 @@ pub(crate) struct ServeArgs {
     /// comma-separated (host:port).
     #[arg(long, value_delimiter = ',')]
     join: Option<Vec<String>>,
+    /// Internode address other nodes dial (host:port of shard 0)
+    /// [default: listen:internode-base-port].
+    #[arg(long)]
+    advertise: Option<String>,
     /// Capacity weight (share of partitions) [default: the shard count].
     #[arg(long)]
     weight: Option<u32>,
@@ -231,6 +240,9 @@ impl ServeArgs {
             r,
             w
         );
+        if let Some(advertise) = &self.advertise {
+            config.advertise = Some(advertise.clone());
+        }
         if config.cluster_secret.is_empty() {
             config.cluster_secret = std::env::var("DYNKV_CLUSTER_SECRET").unwrap_or_default();
         }
@@ -294,6 +306,11 @@ impl ServeConfig {
         {
             return Err("the handoff and anti-entropy intervals and rates must be positive".into());
         }
+        if let Some(advertise) = &self.advertise {
+            advertise
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("advertise = {advertise:?} is not an ip:port address: {e}"))?;
+        }
         if self.tombstone_reap_after_ms <= self.hint_age_max_ms {
             return Err(format!(
                 "tombstone_reap_after_ms = {} must exceed hint_age_max_ms = {}: a hint older than a reaped \
@@ -305,6 +322,13 @@ impl ServeConfig {
             return Err(format!("weight = {} exceeds {}", self.weight, dynkv_ring::WEIGHT_MAX));
         }
         self.engine_config(0).validate().map_err(|e| e.to_string())
+    }
+
+    /// The internode address of shard 0 that other nodes dial.
+    pub(crate) fn advertised_address(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| std::net::SocketAddr::new(self.listen, self.internode_base_port).to_string())
     }
 
     /// The capacity weight this node announces.

@@ -146,8 +146,10 @@ impl Members {
     pub(crate) fn open(config: &ServeConfig, me: NodeId, q: PartitionCount) -> Result<Members, String> {
         let peers = resolve(&config.peers)?;
         let join = resolve(&config.join)?;
-        if !(peers.is_empty() && join.is_empty()) && config.listen.is_unspecified() {
-            return Err("a cluster node must listen on a specific address (other nodes dial it)".into());
+        if !(peers.is_empty() && join.is_empty()) && config.listen.is_unspecified() && config.advertise.is_none() {
+            return Err(
+                "a cluster node must listen on a specific address, or set advertise (other nodes dial it)".into(),
+            );
         }
         let dir = config.data_dir.clone();
         let membership_path = dir.join(MEMBERSHIP_FILE);
@@ -187,7 +189,7 @@ impl Members {
             // A leave in progress goes on after a restart.
             lifecycle: stored.map_or(Lifecycle::Up, |r| r.lifecycle),
             liveness: Liveness::Alive,
-            address: SocketAddr::new(config.listen, config.internode_base_port).to_string(),
+            address: config.advertised_address(),
             shard_ports: (0..shards).map(|s| config.base_port + s).collect(),
             weight: config.capacity_weight(),
             zone: ZoneId(config.zone),

@@ -268,3 +268,4 @@ pub fn stored_values(dir: &Path, key: &[u8]) -> Vec<Vec<u8>> {
         found
     })
 }
+pub mod proxy;
