@@ -130,7 +130,9 @@ wait_settled 0 1 2
   # Node 3 loses its disk and comes back empty under the same id:
   # anti-entropy alone refills it while YCSB B runs.
   old=${servers[2]}
-  kill -TERM "$old"; wait "$old" 2>/dev/null || true
+  kill -TERM "$old"
+  # Not a child of this subshell: poll until it has exited.
+  while kill -0 "$old" 2>/dev/null; do sleep 0.1; done
   kept=(); for p in "${servers[@]}"; do [ "$p" != "$old" ] && kept+=("$p"); done; servers=("${kept[@]}")
   rm -rf "$work/node2"
   start_node 2 --join "$(internode 0)"

@@ -43,7 +43,7 @@ pub(crate) struct ServeConfig {
     /// node waits for the cluster's ownership table, and the cluster then
     /// moves this node's share of partitions to it.
     pub(crate) join: Vec<String>,
-    /// The internode address (`host:port` of shard 0; shard N at port + N)
+    /// The internode address (`ip:port` of shard 0; shard N at port + N)
     /// other nodes dial, when it is not `listen:internode_base_port`
     /// (behind NAT, a proxy, or a container's port mapping).
     pub(crate) advertise: Option<String>,
@@ -78,6 +78,10 @@ pub(crate) struct ServeConfig {
     /// `hint_age_max_ms`, so that no hint older than the delete can still
     /// be delivered after the tombstone is gone.
     pub(crate) tombstone_reap_after_ms: u64,
+    /// The largest difference between two nodes' clocks (NTP keeps it far
+    /// lower); `tombstone_reap_after_ms` must exceed `hint_age_max_ms` by
+    /// at least this.
+    pub(crate) clock_skew_max_ms: u64,
     /// Pause between handoff passes, and hints delivered per second at most.
     pub(crate) handoff_interval_ms: u64,
     pub(crate) handoff_per_second_max: u64,
@@ -128,6 +132,7 @@ impl Default for ServeConfig {
             hints_max_mib: 1024,
             hint_age_max_ms: 3 * 3600 * 1000,
             tombstone_reap_after_ms: 4 * 3600 * 1000,
+            clock_skew_max_ms: 60 * 1000,
             handoff_interval_ms: 1_000,
             handoff_per_second_max: 5_000,
             anti_entropy_partition_pause_ms: 100,
@@ -307,15 +312,22 @@ impl ServeConfig {
             return Err("the handoff and anti-entropy intervals and rates must be positive".into());
         }
         if let Some(advertise) = &self.advertise {
-            advertise
+            let addr = advertise
                 .parse::<std::net::SocketAddr>()
                 .map_err(|e| format!("advertise = {advertise:?} is not an ip:port address: {e}"))?;
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err(format!(
+                    "advertise = {advertise:?} must name a reachable address and port"
+                ));
+            }
         }
-        if self.tombstone_reap_after_ms <= self.hint_age_max_ms {
+        // The margin absorbs clock skew between the node that stamped a
+        // delete and the fallback that ages a hint.
+        if self.tombstone_reap_after_ms <= self.hint_age_max_ms.saturating_add(self.clock_skew_max_ms) {
             return Err(format!(
-                "tombstone_reap_after_ms = {} must exceed hint_age_max_ms = {}: a hint older than a reaped \
-                 tombstone could bring its key back",
-                self.tombstone_reap_after_ms, self.hint_age_max_ms
+                "tombstone_reap_after_ms = {} must exceed hint_age_max_ms = {} plus clock_skew_max_ms = {}: a \
+                 hint older than a reaped tombstone could bring its key back",
+                self.tombstone_reap_after_ms, self.hint_age_max_ms, self.clock_skew_max_ms
             ));
         }
         if self.weight > dynkv_ring::WEIGHT_MAX {

@@ -274,13 +274,21 @@ impl Clock {
             }
         }
         // The new event: the node's counter moves past anything seen, so a
-        // dot is never reused even if this replica lost data.
+        // dot is never reused even if this replica lost data. A first dot
+        // of this writer on the key starts at the write's time in µs (see
+        // below); so does one whose entry comes only from the client's
+        // context: this replica no longer holds the writer's history (it
+        // reaped a delete the context predates), and a replica that has
+        // not reaped yet may hold a dot just past the context's.
+        let floor = sibling.timestamp_ms.saturating_mul(1000).max(1);
+        let held_locally = self.entries.iter().any(|e| e.node == node);
         match entries.binary_search_by_key(&node, |e| e.node) {
             Ok(i) => {
-                entries[i].counter = entries[i]
+                let next = entries[i]
                     .counter
                     .checked_add(1)
                     .ok_or(VersionError::CounterExhausted { node })?;
+                entries[i].counter = if held_locally { next } else { next.max(floor) };
                 entries[i].values.insert(0, sibling);
             }
             // A writer's first dot on a key starts at the write's time in
@@ -296,7 +304,7 @@ impl Clock {
                 i,
                 Entry {
                     node,
-                    counter: sibling.timestamp_ms.saturating_mul(1000).max(1),
+                    counter: floor,
                     values: vec![sibling],
                 },
             ),
@@ -490,6 +498,24 @@ mod tests {
         let deleted = merged.update(None, A, at(9, None), limits).unwrap();
         assert!(deleted.last_writer().unwrap().is_tombstone());
         assert_eq!(Clock::new().last_writer(), None);
+    }
+
+    #[test]
+    fn a_writer_absent_locally_starts_past_its_context_at_the_write_time() {
+        let w = NodeId(7);
+        let limits = VersionLimits::default();
+        let stale = VersionVector::from_pairs([(w, 5)]);
+        let at = |timestamp_ms, value: Option<&[u8]>| Sibling {
+            timestamp_ms,
+            value: value.map(<[u8]>::to_vec),
+        };
+        // The context names w, but this replica holds nothing of w (its
+        // history was reaped): the dot jumps to the write time in µs.
+        let clock = Clock::new().update(Some(&stale), w, at(1_000, Some(b"v")), limits).unwrap();
+        assert_eq!(clock.context().get(w), 1_000_000);
+        // Held locally: counters go on by one.
+        let next = clock.update(Some(&clock.context()), w, at(2_000, None), limits).unwrap();
+        assert_eq!(next.context().get(w), 1_000_001);
     }
 
     #[test]

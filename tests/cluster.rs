@@ -432,7 +432,7 @@ fn deletes_are_reaped_once_every_replica_holds_them_and_never_come_back() {
     let config = config_dir.path().join("dynkv.toml");
     std::fs::write(
         &config,
-        "hint_age_max_ms = 300\ntombstone_reap_after_ms = 1500\nanti_entropy_partition_pause_ms = 2\n\
+        "hint_age_max_ms = 300\ntombstone_reap_after_ms = 1500\nclock_skew_max_ms = 500\nanti_entropy_partition_pause_ms = 2\n\
          anti_entropy_keys_per_second_max = 100000\n",
     )
     .unwrap();

@@ -25,7 +25,8 @@ pub(crate) const RECORD_HEADER_BYTES: usize = std::mem::size_of::<RecordHeader>(
 pub(crate) const FLAG_TOMBSTONE: u8 = 0b0000_0001;
 /// A value the caller marked when writing it (dynkv marks versions whose
 /// every sibling is a delete, so that anti-entropy finds the tombstones
-/// it may reap without reading every value). Part of the body checksum.
+/// it may reap without reading every value). Not part of the body
+/// checksum (the header checksum covers it).
 pub(crate) const FLAG_MARKED: u8 = 0b0000_0010;
 /// All flag bits this version defines; any other bit set means corruption.
 const FLAGS_KNOWN: u8 = FLAG_TOMBSTONE | FLAG_MARKED;
@@ -87,6 +88,10 @@ pub(crate) fn record_bytes(key_len: usize, value_len: usize) -> usize {
 
 /// The body checksum, which is also the object's Merkle contribution.
 pub(crate) fn body_checksum(flags: u8, key: &[u8], value: &[u8]) -> u64 {
+    // The caller's mark is derived from the value; leaving it out keeps the
+    // checksum (a Merkle leaf contribution) of one value the same whether a
+    // writer marked it or not.
+    let flags = flags & !FLAG_MARKED;
     // Hash key and value as one stream without concatenating them: hash the
     // value seeded by the key's hash and the flags.
     let key_hash = xxh3_64_with_seed(key, u64::from(flags));

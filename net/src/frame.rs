@@ -24,7 +24,11 @@ pub const FLAG_RESPONSE: u8 = 0b0000_0001;
 /// Flag on Put and Delete: supersede whatever the coordinator holds for
 /// the key (Redis-style overwrite) instead of a given context.
 pub const FLAG_SUPERSEDE_LOCAL: u8 = 0b0000_0010;
-const FLAGS_KNOWN: u8 = FLAG_RESPONSE | FLAG_SUPERSEDE_LOCAL;
+/// Flag on internode requests made by background work (anti-entropy,
+/// partition transfers): the receiver runs them in its low-share task
+/// queue, behind client requests.
+pub const FLAG_BACKGROUND: u8 = 0b0000_0100;
+const FLAGS_KNOWN: u8 = FLAG_RESPONSE | FLAG_SUPERSEDE_LOCAL | FLAG_BACKGROUND;
 
 /// The fixed header. Little-endian, no implicit padding.
 #[repr(C)]

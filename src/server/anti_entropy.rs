@@ -19,13 +19,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use dynkv::cluster::merkle_sync::{
-    decode_hashes, decode_key_hashes, differing, encode_hashes, encode_key_hashes, keys_to_repair,
+    decode_hashes, decode_key_hashes, differing, encode_hashes, encode_key_hashes, keys_to_repair, LEAF_KEYS_MAX,
 };
 use dynkv::cluster::Send;
 use dynkv::object::{decode_object, object_bytes};
 use dynkv::version::Clock;
 use dynkv_engine::merkle::{leaf_of, MERKLE_BRANCHES, MERKLE_LEAVES_PER_BRANCH};
-use dynkv_net::{Head, Opcode, Status};
+use dynkv_net::{Head, Opcode, Status, FLAG_BACKGROUND};
 use dynkv_ring::{NodeId, Owner};
 
 use crate::server::hints::unix_ms;
@@ -151,6 +151,7 @@ impl Shard {
         let shard = view.shard_of(peer, partition);
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let head = Head {
+            flags: FLAG_BACKGROUND,
             timeout_ms: self.config.request_timeout_ms as u32,
             ..Head::request(Opcode::MerkleExchange, 0)
         };
@@ -200,7 +201,7 @@ impl Shard {
                     hint_for: None,
                 };
                 let response = self
-                    .call_replica(Opcode::ReplicaGet, send, partition, key, &[])
+                    .call_replica_flagged(Opcode::ReplicaGet, send, partition, key, &[], FLAG_BACKGROUND)
                     .await
                     .map_err(|e| e.to_string())?;
                 self.count_sync_bytes(response.value.len());
@@ -234,7 +235,9 @@ impl Shard {
                     to: node,
                     hint_for: None,
                 };
-                self.replica_put(send, partition, key, &bytes).await.1
+                self.call_replica_flagged(Opcode::ReplicaPut, send, partition, key, &bytes, FLAG_BACKGROUND)
+                    .await
+                    .is_ok_and(|r| r.status == Status::Ok as u8)
             }
         };
         if stored {
@@ -406,6 +409,12 @@ impl Shard {
                     .map_err(|e| e.to_string())?
                     .into_iter()
                     .collect();
+                // A listing cut at its bound may leave out a key the peer
+                // holds: absent from it proves nothing.
+                if theirs.len() >= LEAF_KEYS_MAX {
+                    agreed.clear();
+                    break;
+                }
                 agreed.retain(|(key, _, hash)| theirs.get(key).is_none_or(|h| h == hash));
             }
             for (key, seq, _) in agreed {

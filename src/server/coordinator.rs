@@ -149,10 +149,19 @@ impl Shard {
                     })
                     .detach();
                 }
-                // Too many copies in flight: hints, which handoff delivers.
+                // Too many copies in flight: hints, which handoff delivers
+                // (a shard of this node gets the copy over the mesh).
                 Err(_) => {
-                    for owner in incoming.iter().filter(|o| o.node != self.me) {
-                        let _ = self.hints.store(owner.node, partition, key, &object).await;
+                    for owner in &incoming {
+                        if owner.node == self.me {
+                            let (op, options) = (Op::ReplicaPut, RequestOptions::default());
+                            let bytes = object_bytes(&object);
+                            let _ = self
+                                .forward(usize::from(owner.shard), op, key, &[], &bytes, options)
+                                .await;
+                        } else {
+                            let _ = self.hints.store(owner.node, partition, key, &object).await;
+                        }
                     }
                 }
             }
@@ -306,8 +315,23 @@ impl Shard {
         key: &[u8],
         value: &[u8],
     ) -> Result<dynkv_net::Response, crate::server::link::LinkError> {
+        self.call_replica_flagged(opcode, send, partition, key, value, 0).await
+    }
+
+    /// [`Shard::call_replica`] with header flags (`FLAG_BACKGROUND` for
+    /// anti-entropy and transfers).
+    pub(crate) async fn call_replica_flagged(
+        &self,
+        opcode: Opcode,
+        send: Send,
+        partition: u32,
+        key: &[u8],
+        value: &[u8],
+        flags: u8,
+    ) -> Result<dynkv_net::Response, crate::server::link::LinkError> {
         let hint = send.hint_for.map(|p| p.0.to_le_bytes());
         let head = Head {
+            flags,
             timeout_ms: self.config.replica_timeout_ms as u32,
             ..Head::request(opcode, 0)
         };

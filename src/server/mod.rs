@@ -223,6 +223,13 @@ async fn shard_main(
     };
     let members = members.map(Rc::new);
     let hints = hints::HintStore::new(hint_engine, config.hints_max_mib << 20, config.hint_age_max_ms);
+    // Handoff, anti-entropy and transfers (this node's, and peers' requests
+    // for theirs) are background work: a low share of the shard's time.
+    let background = glommio::executor().create_task_queue(
+        glommio::Shares::Static(BACKGROUND_SHARES),
+        glommio::Latency::NotImportant,
+        "background",
+    );
     let shard = Rc::new(Shard::new(ShardParts {
         id,
         me,
@@ -235,19 +242,13 @@ async fn shard_main(
         view,
         senders,
         members: members.clone(),
+        background,
     }));
     shard.serve_peers(receivers);
     if let Some(members) = members {
         announce(&config, me);
         glommio::spawn_local(members::run(shard.clone(), members)).detach();
     }
-    // Handoff and anti-entropy are background work: a low share of the
-    // shard's time.
-    let background = glommio::executor().create_task_queue(
-        glommio::Shares::Static(BACKGROUND_SHARES),
-        glommio::Latency::NotImportant,
-        "background",
-    );
     let handoff = glommio::spawn_local_into(hints::handoff_loop(shard.clone()), background)
         .map_err(|e| format!("cannot start hinted handoff: {e}"))?;
     let repair = glommio::spawn_local_into(anti_entropy::anti_entropy_loop(shard.clone()), background)

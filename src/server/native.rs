@@ -12,7 +12,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use dynkv_net::{
-    decode, encode, encode_siblings, Decoded, Frame, FrameLimits, Head, Opcode, Sibling, Status, FLAG_SUPERSEDE_LOCAL,
+    decode, encode, encode_siblings, Decoded, Frame, FrameLimits, Head, Opcode, Sibling, Status, FLAG_BACKGROUND,
+    FLAG_SUPERSEDE_LOCAL,
 };
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -246,14 +247,16 @@ async fn serve_peer(shard: Rc<Shard>, stream: TcpStream) {
         let mut consumed = 0;
         loop {
             match decode(&buf.data()[consumed..], &FrameLimits::DEFAULT) {
-                Ok(Decoded::Frame(_, used)) => {
+                Ok(Decoded::Frame(frame, used)) => {
+                    let background = frame.header.flags & FLAG_BACKGROUND != 0;
                     let Ok(permit) = permits.acquire_static_permit(1).await else {
                         break 'read;
                     };
                     let raw = buf.data()[consumed..consumed + used].to_vec();
                     consumed += used;
                     let (shard, outbox, doorbell) = (shard.clone(), outbox.clone(), doorbell.clone());
-                    glommio::spawn_local(async move {
+                    let queue = shard.background;
+                    let task = async move {
                         let Ok(Decoded::Frame(frame, _)) = decode(&raw, &FrameLimits::DEFAULT) else {
                             unreachable!("the frame decoded once already")
                         };
@@ -261,8 +264,19 @@ async fn serve_peer(shard: Rc<Shard>, stream: TcpStream) {
                         // A full doorbell means the flusher will run anyway.
                         let _ = doorbell.try_send(());
                         drop(permit);
-                    })
-                    .detach();
+                    };
+                    // Another node's background work runs in this shard's
+                    // low-share queue too, so that it yields to clients.
+                    if background {
+                        match glommio::spawn_local_into(task, queue) {
+                            Ok(task) => {
+                                task.detach();
+                            }
+                            Err(err) => tracing::error!("cannot queue background work: {err}"),
+                        }
+                    } else {
+                        glommio::spawn_local(task).detach();
+                    }
                 }
                 Ok(Decoded::NeedBytes(_)) => break,
                 Err(err) => {

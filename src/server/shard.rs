@@ -169,6 +169,9 @@ pub(crate) struct Shard {
     pub(crate) connections: Cell<usize>,
     /// Closed when the node shuts down.
     pub(crate) stopping: Rc<crate::server::shutdown::Gate>,
+    /// The low-share task queue of background work (handoff,
+    /// anti-entropy, transfers, and peers' requests for theirs).
+    pub(crate) background: glommio::TaskQueueHandle,
     /// Membership keeper; only on shard 0.
     pub(crate) members: Option<Rc<Members>>,
     started: Instant,
@@ -187,6 +190,7 @@ pub(crate) struct ShardParts {
     pub(crate) view: Arc<ClusterView>,
     pub(crate) senders: Senders<ShardMsg>,
     pub(crate) members: Option<Rc<Members>>,
+    pub(crate) background: glommio::TaskQueueHandle,
 }
 
 impl Shard {
@@ -217,6 +221,7 @@ impl Shard {
             connections: Cell::new(0),
             stopping: crate::server::shutdown::Gate::new(),
             members: parts.members,
+            background: parts.background,
             started: Instant::now(),
         }
     }
