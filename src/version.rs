@@ -511,10 +511,14 @@ mod tests {
         };
         // The context names w, but this replica holds nothing of w (its
         // history was reaped): the dot jumps to the write time in µs.
-        let clock = Clock::new().update(Some(&stale), w, at(1_000, Some(b"v")), limits).unwrap();
+        let clock = Clock::new()
+            .update(Some(&stale), w, at(1_000, Some(b"v")), limits)
+            .unwrap();
         assert_eq!(clock.context().get(w), 1_000_000);
         // Held locally: counters go on by one.
-        let next = clock.update(Some(&clock.context()), w, at(2_000, None), limits).unwrap();
+        let next = clock
+            .update(Some(&clock.context()), w, at(2_000, None), limits)
+            .unwrap();
         assert_eq!(next.context().get(w), 1_000_001);
     }
 

@@ -254,6 +254,7 @@ impl Shard {
         partition: u32,
         peer: Peer,
         keys_per_second: u64,
+        hand_off: bool,
     ) -> Result<SyncReport, String> {
         let mut report = SyncReport::default();
         let local = self.engine.merkle_tree(partition);
@@ -297,7 +298,8 @@ impl Shard {
             // per key; the rate still holds on average.
             for batch in keys.chunks(REPAIR_BATCH) {
                 let merged =
-                    futures::future::join_all(batch.iter().map(|key| self.repair_key(partition, peer, key))).await;
+                    futures::future::join_all(batch.iter().map(|key| self.repair_key(partition, peer, key, hand_off)))
+                        .await;
                 for result in merged {
                     // One key that cannot be merged (a refusal, a limit)
                     // must not keep the rest of the partition from
@@ -322,7 +324,14 @@ impl Shard {
 
     /// Merges one key between this shard and `peer`; true if either side
     /// changed.
-    async fn repair_key(&self, partition: u32, peer: Peer, key: &[u8]) -> Result<bool, String> {
+    ///
+    /// `hand_off`: this shard's copy is a former owner's, about to be
+    /// dropped. A live version older than `tombstone_reap_after_ms` is not
+    /// pushed to an owner that lacks the key: the owners may have reaped
+    /// its delete while this copy was away, and any write that old that
+    /// only a former owner still held would have reached the owners long
+    /// before (anti-entropy ran among them all along).
+    async fn repair_key(&self, partition: u32, peer: Peer, key: &[u8], hand_off: bool) -> Result<bool, String> {
         let theirs = self.peer_version(peer, partition, key).await?;
         let ours = self
             .read_local(partition, key)
@@ -332,6 +341,9 @@ impl Shard {
         // tombstone is not copied to it (it may have reaped it), and the
         // side holding it reaps it in turn.
         if (ours.is_empty() && self.reapable(&theirs)) || (theirs.is_empty() && self.reapable(&ours)) {
+            return Ok(false);
+        }
+        if hand_off && theirs.is_empty() && self.older_than_reap_age(&ours) {
             return Ok(false);
         }
         let merged = ours.sync(&theirs);
@@ -354,8 +366,13 @@ impl Shard {
     /// A delete every sibling of which is older than
     /// `tombstone_reap_after_ms`.
     pub(crate) fn reapable(&self, clock: &Clock) -> bool {
+        clock.is_deleted() && self.older_than_reap_age(clock)
+    }
+
+    /// Every sibling older than `tombstone_reap_after_ms`.
+    fn older_than_reap_age(&self, clock: &Clock) -> bool {
         let newest = clock.siblings().map(|s| s.timestamp_ms).max();
-        clock.is_deleted() && newest.is_some_and(|t| t.saturating_add(self.config.tombstone_reap_after_ms) < unix_ms())
+        newest.is_some_and(|t| t.saturating_add(self.config.tombstone_reap_after_ms) < unix_ms())
     }
 
     /// Removes this shard's reapable tombstones of `partition` that every
@@ -478,7 +495,13 @@ pub(crate) async fn anti_entropy_loop(shard: Rc<Shard>) {
             shard.counters.ae_compared.set(shard.counters.ae_compared.get() + 1);
             let rate = shard.config.anti_entropy_keys_per_second_max;
             let synced = futures_lite::future::or(
-                async { Some(shard.sync_partition(partition, Peer::Node(owner.node), rate).await) },
+                async {
+                    Some(
+                        shard
+                            .sync_partition(partition, Peer::Node(owner.node), rate, false)
+                            .await,
+                    )
+                },
                 async {
                     shard.stopping.closed().await;
                     None

@@ -78,7 +78,7 @@ impl Shard {
 
     /// Compares `partition` with every peer; `None` at shutdown, else how
     /// many were compared and whether every key was merged.
-    async fn sync_with_all(&self, partition: u32, peers: &[Peer]) -> Option<(usize, bool)> {
+    async fn sync_with_all(&self, partition: u32, peers: &[Peer], hand_off: bool) -> Option<(usize, bool)> {
         let (mut compared, mut complete) = (0, true);
         for &peer in peers {
             if matches!(peer, Peer::Node(n) if self.is_down(n)) {
@@ -86,7 +86,7 @@ impl Shard {
                 continue;
             }
             let rate = self.config.transfer_keys_per_second_max;
-            match self.sync_partition(partition, peer, rate).await {
+            match self.sync_partition(partition, peer, rate, hand_off).await {
                 Ok(report) => {
                     let c = &self.counters.transfer_keys;
                     c.set(c.get() + report.repaired);
@@ -118,7 +118,7 @@ impl Shard {
             );
             return Some(Received::Complete);
         }
-        let (compared, complete) = self.sync_with_all(partition, &sources).await?;
+        let (compared, complete) = self.sync_with_all(partition, &sources, false).await?;
         Some(match (compared, complete) {
             (0, _) => Received::Retry,
             (_, true) => Received::Complete,
@@ -265,7 +265,7 @@ pub(crate) async fn transfer_loop(shard: Rc<Shard>) {
             let Some(owners) = shard.peers_of(&view, ownership.current().owners(partition)) else {
                 continue;
             };
-            match shard.sync_with_all(partition, &owners).await {
+            match shard.sync_with_all(partition, &owners, true).await {
                 None => return,
                 Some((compared, true)) if compared == owners.len() && compared > 0 => {}
                 Some(_) => continue,
