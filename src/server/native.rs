@@ -255,7 +255,7 @@ async fn serve_peer(shard: Rc<Shard>, stream: TcpStream) {
                     let raw = buf.data()[consumed..consumed + used].to_vec();
                     consumed += used;
                     let (shard, outbox, doorbell) = (shard.clone(), outbox.clone(), doorbell.clone());
-                    let queue = shard.background;
+                    let owner = shard.clone();
                     let task = async move {
                         let Ok(Decoded::Frame(frame, _)) = decode(&raw, &FrameLimits::DEFAULT) else {
                             unreachable!("the frame decoded once already")
@@ -268,12 +268,7 @@ async fn serve_peer(shard: Rc<Shard>, stream: TcpStream) {
                     // Another node's background work runs in this shard's
                     // low-share queue too, so that it yields to clients.
                     if background {
-                        match glommio::spawn_local_into(task, queue) {
-                            Ok(task) => {
-                                task.detach();
-                            }
-                            Err(err) => tracing::error!("cannot queue background work: {err}"),
-                        }
+                        owner.spawn_background(task);
                     } else {
                         glommio::spawn_local(task).detach();
                     }

@@ -245,6 +245,16 @@ impl Shard {
         self.links.is_down(node) || self.detected_down.borrow().contains(&node)
     }
 
+    /// Runs `task` in this shard's low-share background queue.
+    pub(crate) fn spawn_background(&self, task: impl std::future::Future<Output = ()> + 'static) {
+        match glommio::spawn_local_into(task, self.background) {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(err) => tracing::error!(shard = self.id, "cannot queue background work: {err}"),
+        }
+    }
+
     /// Nodes the failure detector holds down.
     pub(crate) fn down_nodes(&self) -> Rc<Vec<NodeId>> {
         self.detected_down.borrow().clone()
