@@ -428,12 +428,32 @@ fn deletes_are_reaped_once_every_replica_holds_them_and_never_come_back() {
     // Hints expire at once, so the node that missed the deletes learns of
     // them from anti-entropy; tombstones may be reaped 1.5 s after the
     // delete, once every replica holds them.
+    reap_scenario(
+        "hint_age_max_ms = 300\ntombstone_reap_after_ms = 1500\nclock_skew_max_ms = 500\n",
+        2500,
+        false,
+    );
+}
+
+#[test]
+fn deletes_handed_off_to_a_returning_replica_are_reaped_and_never_come_back() {
+    // The node is back within the hint window: hinted handoff brings it the
+    // deletes; tombstones may be reaped 5 s after the delete.
+    reap_scenario(
+        "hint_age_max_ms = 4000\ntombstone_reap_after_ms = 5000\nclock_skew_max_ms = 500\nhandoff_interval_ms = 100\n",
+        800,
+        true,
+    );
+}
+
+/// Deletes made while node 2 is down (for `down_ms`) and holds the old
+/// values; `handoff`: it must get them from hints, else from anti-entropy.
+fn reap_scenario(settings: &str, down_ms: u64, handoff: bool) {
     let config_dir = tempfile::tempdir().unwrap();
     let config = config_dir.path().join("dynkv.toml");
     std::fs::write(
         &config,
-        "hint_age_max_ms = 300\ntombstone_reap_after_ms = 1500\nclock_skew_max_ms = 500\nanti_entropy_partition_pause_ms = 2\n\
-         anti_entropy_keys_per_second_max = 100000\n",
+        format!("{settings}anti_entropy_partition_pause_ms = 2\nanti_entropy_keys_per_second_max = 100000\n"),
     )
     .unwrap();
     let mut cluster = Cluster::start_with(3, vec!["--config".into(), config.to_str().unwrap().into()]);
@@ -460,7 +480,7 @@ fn deletes_are_reaped_once_every_replica_holds_them_and_never_come_back() {
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(down_ms));
     let reaped = |cluster: &Cluster, nodes: &[usize]| -> u64 {
         nodes
             .iter()
@@ -475,6 +495,17 @@ fn deletes_are_reaped_once_every_replica_holds_them_and_never_come_back() {
     cluster.spawn(2);
     cluster.wait_ready(2);
     cluster.wait_all_up();
+    if handoff {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (0..2)
+            .map(|i| cluster.metric(i, "dynkv_hints_delivered_total"))
+            .sum::<u64>()
+            < keys.len() as u64
+        {
+            assert!(Instant::now() < deadline, "the deletes were not handed off to node 2");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     // Every replica: the delete arrives at node 2 through anti-entropy,
     // then all three reap, and no read at any point sees a value again.
     let read_all = |cluster: &Cluster, stage: &str| {
