@@ -446,6 +446,36 @@ fn deletes_handed_off_to_a_returning_replica_are_reaped_and_never_come_back() {
     );
 }
 
+/// Reads every key through every node at R = 3 and checks its values
+/// against `want`, retrying while R = 3 is briefly unavailable (a restarted
+/// node's links back off for up to 5 s after its absence).
+fn read_through_every_node(cluster: &Cluster, keys: &[String], stage: &str, want: fn(&str) -> Vec<Vec<u8>>) {
+    for i in 0..NODES {
+        let addr = cluster.node(i).addr();
+        let (keys, stage) = (keys.to_vec(), stage.to_string());
+        run(async move {
+            let client = Client::connect(addr, client_options()).await.unwrap();
+            let all = CallOptions {
+                quorum: Some(3),
+                ..CallOptions::default()
+            };
+            for key in &keys {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                let got = loop {
+                    match client.get_with(key.as_bytes(), &all).await {
+                        Ok(got) => break got,
+                        Err(_) if Instant::now() < deadline => {
+                            glommio::timer::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => panic!("{key} through node {i} {stage}: {e}"),
+                    }
+                };
+                assert_eq!(got.values, want(key), "{key} through node {i} {stage}");
+            }
+        });
+    }
+}
+
 /// Deletes made while node 2 is down (for `down_ms`) and holds the old
 /// values; `handoff`: it must get them from hints, else from anti-entropy.
 fn reap_scenario(settings: &str, down_ms: u64, handoff: bool) {
@@ -508,39 +538,7 @@ fn reap_scenario(settings: &str, down_ms: u64, handoff: bool) {
     }
     // Every replica: the delete arrives at node 2 through anti-entropy,
     // then all three reap, and no read at any point sees a value again.
-    let read_all = |cluster: &Cluster, stage: &str| {
-        for i in 0..NODES {
-            let addr = cluster.node(i).addr();
-            let keys = keys.clone();
-            let stage = stage.to_string();
-            run(async move {
-                let client = Client::connect(addr, client_options()).await.unwrap();
-                let all = CallOptions {
-                    quorum: Some(3),
-                    ..CallOptions::default()
-                };
-                for key in &keys {
-                    // A restarted node's links back off for up to 5 s
-                    // after its absence: R = 3 may be unavailable briefly.
-                    let deadline = Instant::now() + Duration::from_secs(15);
-                    let got = loop {
-                        match client.get_with(key.as_bytes(), &all).await {
-                            Ok(got) => break got,
-                            Err(e) if Instant::now() < deadline => {
-                                let _ = e;
-                                glommio::timer::sleep(Duration::from_millis(200)).await;
-                            }
-                            Err(e) => panic!("{key} through node {i} {stage}: {e}"),
-                        }
-                    };
-                    assert!(
-                        got.values.is_empty(),
-                        "{key} came back through node {i} {stage}: {got:?}"
-                    );
-                }
-            });
-        }
-    };
+    let read_all = |cluster: &Cluster, stage: &str| read_through_every_node(cluster, &keys, stage, |_| Vec::new());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         read_all(&cluster, "while reaping");
@@ -571,20 +569,6 @@ fn reap_scenario(settings: &str, down_ms: u64, handoff: bool) {
     // A key written again after its history was reaped is not taken for
     // an old write (no dot is reused).
     put_all(cluster.node(1).addr(), keys.clone());
-    for i in 0..NODES {
-        let addr = cluster.node(i).addr();
-        let keys = keys.clone();
-        run(async move {
-            let client = Client::connect(addr, client_options()).await.unwrap();
-            let all = CallOptions {
-                quorum: Some(3),
-                ..CallOptions::default()
-            };
-            for key in &keys {
-                let got = client.get_with(key.as_bytes(), &all).await.unwrap();
-                assert_eq!(got.values, vec![value_of(key)], "{key} rewritten, through node {i}");
-            }
-        });
-    }
+    read_through_every_node(&cluster, &keys, "rewritten", |key| vec![value_of(key)]);
     cluster.stop_all();
 }

@@ -59,9 +59,10 @@ impl Member {
     }
 }
 
-fn start(id: u64, config: &std::path::Path, cluster: &[String], join: bool) -> Member {
+/// Starts node `id` on `ports` with `--join` (or `--peers`) `cluster`,
+/// without waiting for it.
+fn spawn(id: u64, ports: Ports, config: &std::path::Path, cluster: &[String], join: bool) -> Member {
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports();
     let flag = if join { "--join" } else { "--peers" };
     let args: Vec<String> = [
         "--node-id",
@@ -78,14 +79,24 @@ fn start(id: u64, config: &std::path::Path, cluster: &[String], join: bool) -> M
     .iter()
     .map(ToString::to_string)
     .collect();
-    let mut node = Node::spawn(dir.path(), ports, &args);
-    node.wait_listening().unwrap_or_else(|log| panic!("node {id}: {log}"));
+    let node = Node::spawn(dir.path(), ports, &args);
     Member {
         id,
         dir,
         ports,
         node: Some(node),
     }
+}
+
+fn start(id: u64, config: &std::path::Path, cluster: &[String], join: bool) -> Member {
+    let mut member = spawn(id, free_ports(), config, cluster, join);
+    member
+        .node
+        .as_mut()
+        .unwrap()
+        .wait_listening()
+        .unwrap_or_else(|log| panic!("node {id}: {log}"));
+    member
 }
 
 /// Waits until `until` holds, or fails with `what` and the members' logs.
@@ -175,29 +186,7 @@ fn nodes_join_leave_and_are_removed_with_their_data_moved() {
             .filter(|p| p.internode != ports.internode)
             .map(Ports::internode_addr)
             .collect();
-        let dir = tempfile::tempdir().unwrap();
-        let args: Vec<String> = [
-            "--node-id",
-            &(i as u64 + 1).to_string(),
-            "--n",
-            &N.to_string(),
-            "--cluster-secret",
-            SECRET,
-            "--config",
-            config.to_str().unwrap(),
-            "--peers",
-            &peers.join(","),
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-        let node = Node::spawn(dir.path(), *ports, &args);
-        first.push(Member {
-            id: i as u64 + 1,
-            dir,
-            ports: *ports,
-            node: Some(node),
-        });
+        first.push(spawn(i as u64 + 1, *ports, &config, &peers, false));
     }
     for m in &mut first {
         m.node.as_mut().unwrap().wait_listening().unwrap();
