@@ -427,7 +427,19 @@ impl Engine {
         self.keys_where(partition, |key| leaf_of(key) == leaf)
     }
 
+    /// Values of `partition` written marked (not tombstones), found from
+    /// the keydir without copying the others.
+    pub fn marked_keys(&self, partition: u32) -> Vec<KeyInfo> {
+        self.entries_where(partition, |_, entry| {
+            entry.flags & crate::record::FLAG_MARKED != 0 && !entry.is_tombstone()
+        })
+    }
+
     fn keys_where(&self, partition: u32, keep: impl Fn(&[u8]) -> bool) -> Vec<KeyInfo> {
+        self.entries_where(partition, |key, _| keep(key))
+    }
+
+    fn entries_where(&self, partition: u32, keep: impl Fn(&[u8], &crate::keydir::KeyEntry) -> bool) -> Vec<KeyInfo> {
         let st = self.inner.state.borrow();
         let Some(index) = st.keydir.partition(partition) else {
             return Vec::new();
@@ -435,7 +447,7 @@ impl Engine {
         index
             .keys
             .iter()
-            .filter(|(key, _)| keep(key))
+            .filter(|(key, entry)| keep(key, entry))
             .map(|(key, entry)| KeyInfo {
                 key: Bytes::copy_from_slice(key),
                 seq: entry.seq,

@@ -233,6 +233,8 @@ fn the_caller_mark_survives_reopening_from_hints_and_from_a_scan() {
             engine.wait_staged(staged).await.unwrap();
         }
         let keys = marked_of(&engine);
+        let marked: usize = (0..4).map(|p| engine.marked_keys(p).len()).sum();
+        assert_eq!(marked, 200, "marked_keys lists exactly the marked values");
         engine.close().await.unwrap();
         keys
     });

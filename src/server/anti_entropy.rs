@@ -398,10 +398,7 @@ impl Shard {
             return Ok(0);
         }
         let mut candidates: Vec<(Vec<u8>, u64, u64)> = Vec::new();
-        for info in self.engine.partition_keys(partition) {
-            if !info.marked || info.tombstone {
-                continue;
-            }
+        for info in self.engine.marked_keys(partition) {
             if matches!(self.read_local(partition, &info.key).await, Ok(clock) if self.reapable(&clock)) {
                 candidates.push((info.key.to_vec(), info.seq, info.object_hash));
             }
