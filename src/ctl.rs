@@ -56,10 +56,12 @@ enum CtlCommand {
     Status,
     /// Make a node leave the cluster: it hands every partition it owns to
     /// the remaining nodes, then stops. Without NODE, the node at --addr.
-    Leave { node: Option<u64> },
+    /// NODE is an id as `status` shows it (16 hex digits) or in decimal.
+    Leave { node: Option<String> },
     /// Remove a node that is down for good: the others copy its
     /// partitions from the surviving replicas. It must not come back.
-    Remove { node: u64 },
+    /// NODE is an id as `status` shows it (16 hex digits) or in decimal.
+    Remove { node: String },
 }
 
 pub(crate) fn run(args: CtlArgs) -> Result<(), String> {
@@ -139,12 +141,9 @@ pub(crate) fn run(args: CtlArgs) -> Result<(), String> {
             }
             CtlCommand::Stats => print!("{}", client.stats().await.map_err(fail)?),
             CtlCommand::Leave { node } => {
-                println!(
-                    "{}",
-                    admin("leave", node.map(|n| n.to_string()).unwrap_or_default()).await?
-                );
+                println!("{}", admin("leave", node.unwrap_or_default()).await?);
             }
-            CtlCommand::Remove { node } => println!("{}", admin("remove", node.to_string()).await?),
+            CtlCommand::Remove { node } => println!("{}", admin("remove", node).await?),
             CtlCommand::Status => {
                 let started = std::time::Instant::now();
                 client.ping().await.map_err(fail)?;

@@ -259,7 +259,9 @@ fn nodes_join_leave_and_are_removed_with_their_data_moved() {
         b.metric("dynkv_cluster_members_down") > 0
     });
     let before = epoch(&b);
-    let (ok, said) = b.ctl(&["remove", "3"]);
+    // By its id as status shows it (hex).
+    let node_3 = dynkv_ring::NodeId(3).to_string();
+    let (ok, said) = b.ctl(&["remove", &node_3]);
     assert!(ok, "{said}");
     wait_for(&[&b, &d], "the removal settles", Duration::from_secs(60), || {
         settled(&[&b, &d], before + 2, 600)

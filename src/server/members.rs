@@ -600,14 +600,16 @@ impl Members {
 
     /// An operator's command (`dynkv ctl`): `status`, `leave` or `remove`.
     pub(crate) async fn admin(&self, shard: &Shard, command: &str, argument: &str) -> Result<String, String> {
+        // Ids as status shows them (16 hex digits), or in decimal.
         let node = || -> Result<NodeId, String> {
-            match argument {
-                "" => Ok(self.me),
-                text => text
-                    .parse()
-                    .map(NodeId)
-                    .map_err(|_| format!("{text:?} is not a node id")),
-            }
+            let parsed = match argument.trim() {
+                "" => return Ok(self.me),
+                text if text.len() == 16 => u64::from_str_radix(text, 16),
+                text => text.parse(),
+            };
+            parsed
+                .map(NodeId)
+                .map_err(|_| format!("{argument:?} is not a node id (16 hex digits, or decimal)"))
         };
         match command {
             "status" => Ok(self.status(shard)),
