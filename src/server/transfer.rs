@@ -44,9 +44,6 @@ impl Shard {
     /// Tells shard 0 (which gossips ownership) that this node now holds
     /// `partition`.
     async fn confirm_transfer(&self, partition: u32) {
-        self.counters
-            .transfers_confirmed
-            .set(self.counters.transfers_confirmed.get() + 1);
         match &self.members {
             Some(members) => members.confirm(partition),
             None => {
@@ -243,6 +240,8 @@ pub(crate) async fn transfer_loop(shard: Rc<Shard>) {
                         continue;
                     }
                     received.insert(partition);
+                    let confirmed = &shard.counters.transfers_confirmed;
+                    confirmed.set(confirmed.get() + 1);
                     shard.confirm_transfer(partition).await;
                 }
                 if shard.view().ownership.as_ref().map(|o| o.plan()) != Some(plan) {
