@@ -96,12 +96,7 @@ impl Cluster {
 
     /// Sums a metric over the shards of node `i`.
     fn metric(&self, i: usize, name: &str) -> u64 {
-        let addr = self.node(i).addr();
-        let text = run(async move { Client::connect(addr, client_options()).await?.stats().await }).unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        support::node_metric(self.node(i).addr(), name)
     }
 
     /// Waits until no node holds another down.

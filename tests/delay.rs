@@ -57,12 +57,7 @@ fn spawn(members: &[Member], i: usize) -> Node {
 }
 
 fn metric(node: &Node, name: &str) -> u64 {
-    let addr = node.addr();
-    let text = run(async move { Client::connect(addr, client_options()).await?.stats().await }).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    support::node_metric(node.addr(), name)
 }
 
 fn wait_for(what: &str, members: &[Member], until: impl Fn() -> bool) {

@@ -36,12 +36,7 @@ impl Member {
 
     /// Sums a metric over this node's shards.
     fn metric(&self, name: &str) -> u64 {
-        let addr = self.node().addr();
-        let text = run(async move { Client::connect(addr, client_options()).await?.stats().await }).unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        support::node_metric(self.node().addr(), name)
     }
 
     fn ctl(&self, args: &[&str]) -> (bool, String) {

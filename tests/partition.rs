@@ -279,12 +279,7 @@ fn options() -> ClientOptions {
 fn metric(ns: &Namespace, i: usize, name: &'static str) -> Option<u64> {
     ns.run(i, move || async move {
         let text = Client::connect(addr(i), options()).await.ok()?.stats().await.ok()?;
-        Some(
-            text.lines()
-                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum(),
-        )
+        Some(support::sum_metric(&text, name))
     })
 }
 

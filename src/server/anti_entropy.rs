@@ -26,7 +26,7 @@ use dynkv::object::{decode_object, object_bytes};
 use dynkv::version::Clock;
 use dynkv_engine::merkle::{leaf_of, MERKLE_BRANCHES, MERKLE_LEAVES_PER_BRANCH};
 use dynkv_net::{Head, Opcode, Status, FLAG_BACKGROUND};
-use dynkv_ring::{NodeId, Owner};
+use dynkv_ring::NodeId;
 
 use crate::server::hints::unix_ms;
 use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
@@ -386,11 +386,7 @@ impl Shard {
             return Ok(0);
         };
         let owners = ownership.current().owners(partition);
-        let me = Owner {
-            node: self.me,
-            shard: self.id as u16,
-        };
-        if ownership.pending().is_some() || !owners.contains(&me) {
+        if ownership.pending().is_some() || !owners.contains(&self.owner()) {
             return Ok(0);
         }
         let others: Vec<NodeId> = owners.iter().map(|o| o.node).filter(|&n| n != self.me).collect();

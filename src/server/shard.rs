@@ -245,6 +245,14 @@ impl Shard {
         self.links.is_down(node) || self.detected_down.borrow().contains(&node)
     }
 
+    /// This shard as a partition owner.
+    pub(crate) fn owner(&self) -> Owner {
+        Owner {
+            node: self.me,
+            shard: self.id as u16,
+        }
+    }
+
     /// Runs `task` in this shard's low-share background queue.
     pub(crate) fn spawn_background(&self, task: impl std::future::Future<Output = ()> + 'static) {
         match glommio::spawn_local_into(task, self.background) {
@@ -457,10 +465,7 @@ impl Shard {
         let Some(ownership) = &view.ownership else {
             return [0; 5];
         };
-        let me = Owner {
-            node: self.me,
-            shard: self.id as u16,
-        };
+        let me = self.owner();
         let q = self.q.get();
         let owned = (0..q).filter(|&p| ownership.current().owners(p).contains(&me)).count();
         let receiving = (0..q)

@@ -57,10 +57,7 @@ impl Shard {
     /// peers; `None` if one is not known to the membership (views out of
     /// step: try later).
     fn peers_of(&self, view: &ClusterView, owners: &[Owner]) -> Option<Vec<Peer>> {
-        let me = Owner {
-            node: self.me,
-            shard: self.id as u16,
-        };
+        let me = self.owner();
         let mut peers = Vec::new();
         for owner in owners.iter().filter(|o| **o != me) {
             match view.membership.get(owner.node).map(|r| r.lifecycle) {
@@ -129,7 +126,7 @@ impl Shard {
         let keys = self.engine.partition_keys(partition);
         let mut dropped = 0u64;
         for batch in keys.chunks(DROP_BATCH) {
-            if self.view().ownership.as_ref().map(|o| o.plan()) != Some(plan) {
+            if self.view().plan() != Some(plan) {
                 return true;
             }
             for info in batch {
@@ -189,10 +186,7 @@ pub(crate) async fn transfer_loop(shard: Rc<Shard>) {
     let mut partial: BTreeMap<u32, u32> = BTreeMap::new();
     let mut plan = (0, 0);
     let mut settled_since: Option<Instant> = None;
-    let me = Owner {
-        node: shard.me,
-        shard: shard.id as u16,
-    };
+    let me = shard.owner();
     loop {
         if shard.stopping.sleep(Duration::from_millis(PASS_PAUSE_MS)).await {
             return;
@@ -201,8 +195,8 @@ pub(crate) async fn transfer_loop(shard: Rc<Shard>) {
         let Some(ownership) = &view.ownership else {
             continue;
         };
-        if ownership.plan() != plan {
-            plan = ownership.plan();
+        if let Some(current) = view.plan().filter(|p| *p != plan) {
+            plan = current;
             received.clear();
             partial.clear();
             settled_since = None;
@@ -244,7 +238,7 @@ pub(crate) async fn transfer_loop(shard: Rc<Shard>) {
                     confirmed.set(confirmed.get() + 1);
                     shard.confirm_transfer(partition).await;
                 }
-                if shard.view().ownership.as_ref().map(|o| o.plan()) != Some(plan) {
+                if shard.view().plan() != Some(plan) {
                     break;
                 }
             }
@@ -269,7 +263,7 @@ pub(crate) async fn transfer_loop(shard: Rc<Shard>) {
                 Some((compared, true)) if compared == owners.len() && compared > 0 => {}
                 Some(_) => continue,
             }
-            if shard.view().ownership.as_ref().map(|o| o.plan()) != Some(plan) {
+            if shard.view().plan() != Some(plan) {
                 break;
             }
             if !shard.drop_partition(partition, plan).await {

@@ -27,6 +27,9 @@ pub(crate) struct ClusterView {
     pub(crate) table: Option<PartitionTable>,
     /// Current and pending tables, and confirmed transfers.
     pub(crate) ownership: Option<Ownership>,
+    /// `ownership`'s plan (epoch, digest of the tables), computed once
+    /// here: it encodes and hashes both tables.
+    plan: Option<(u64, u64)>,
     /// Why requests are refused, while forming.
     forming: Option<String>,
     /// Shards of this node.
@@ -50,6 +53,7 @@ impl ClusterView {
             generation: 0,
             me,
             table: ownership.as_ref().map(|o| o.current().clone()),
+            plan: ownership.as_ref().map(Ownership::plan),
             forming: if ownership.is_some() {
                 None
             } else {
@@ -59,6 +63,11 @@ impl ClusterView {
             membership,
             shards,
         })
+    }
+
+    /// The ownership plan this view shows (`None` while forming).
+    pub(crate) fn plan(&self) -> Option<(u64, u64)> {
+        self.plan
     }
 
     /// Why requests are refused, while forming.

@@ -268,4 +268,19 @@ pub fn stored_values(dir: &Path, key: &[u8]) -> Vec<Vec<u8>> {
         found
     })
 }
+/// Sums metric `name` over the series (one per shard) of a Prometheus text.
+pub fn sum_metric(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Sums metric `name` over the shards of the node at `addr`.
+pub fn node_metric(addr: SocketAddr, name: &str) -> u64 {
+    let text = run(async move { dynkv_net::Client::connect(addr, client_options()).await?.stats().await }).unwrap();
+    sum_metric(&text, name)
+}
+
 pub mod proxy;
