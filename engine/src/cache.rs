@@ -66,6 +66,19 @@ impl ReadCache {
         }
     }
 
+    /// Moves a cached value to its key's new location with the new value:
+    /// an overwrite of a key whose value is cached keeps the key cached.
+    /// A read-modify-write (the server reads every key's version before
+    /// writing it) would otherwise miss the cache and read the disk on
+    /// every write. Keys not cached stay uncached, so a stream of fresh or
+    /// cold writes costs one failed lookup and evicts nothing.
+    pub(crate) fn replace(&mut self, old: (u32, u32), new: (u32, u32), value: &[u8]) {
+        let Some(cache) = self.cache.as_mut() else { return };
+        if cache.remove(&location_key(old.0, old.1)).is_some() {
+            self.insert(new.0, new.1, Bytes::copy_from_slice(value));
+        }
+    }
+
     /// Drops entries of a deleted segment so their memory is freed now.
     pub(crate) fn forget_segment(&mut self, segment: u32) {
         if let Some(cache) = self.cache.as_mut() {

@@ -114,7 +114,7 @@ impl State {
     }
 
     /// Makes a freshly appended record the key's newest version.
-    fn install(&mut self, header: &RecordHeader, key: &[u8], at: Appended) {
+    fn install(&mut self, header: &RecordHeader, key: &[u8], value: &[u8], at: Appended) {
         let bytes = record::record_bytes(key.len(), header.value_len as usize);
         self.segments
             .get_mut(&at.segment)
@@ -122,7 +122,10 @@ impl State {
             .note_record(bytes, header.seq);
         let entry = KeyEntry::at(header, at.segment, at.offset);
         match self.keydir.apply(header.partition, key, entry) {
-            Applied::Newer(Some(old)) => self.mark_dead(old.segment, old.record_bytes()),
+            Applied::Newer(Some(old)) => {
+                self.mark_dead(old.segment, old.record_bytes());
+                self.cache.replace((old.segment, old.offset), (at.segment, at.offset), value);
+            }
             Applied::Newer(None) => {}
             Applied::Stale => unreachable!("a fresh sequence number is always the newest"),
         }
@@ -286,7 +289,7 @@ impl Engine {
         };
         let install = |st: &mut State, header: &RecordHeader, at: Appended| {
             st.next_seq += 1;
-            st.install(header, key, at);
+            st.install(header, key, value, at);
             st.counters.note_write(flags, value.len());
             header.seq
         };
