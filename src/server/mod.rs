@@ -5,6 +5,7 @@
 mod actor;
 mod anti_entropy;
 mod auth;
+mod batch;
 mod context_seal;
 mod coordinator;
 mod hints;

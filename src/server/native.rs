@@ -21,6 +21,7 @@ use glommio::net::TcpStream;
 use dynkv_ring::NodeId;
 
 use crate::server::auth;
+use crate::server::batch::join_in_order;
 use crate::server::recv::{RecvBuf, READ_CHUNK_BYTES};
 use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
 use dynkv::object::object_bytes;
@@ -176,11 +177,13 @@ async fn handle(shard: &Rc<Shard>, frame: &Frame<'_>, out: &RefCell<Vec<u8>>, po
         }
         (Some(Opcode::Ping), _) => return reply(out, frame, Status::Ok, &[]),
         (Some(Opcode::Stats), _) => {
-            let text = crate::server::metrics::render(&shard.all_reports().await);
+            // Boxed, like the other rare paths, to keep every request's
+            // future small (see `batch`).
+            let text = crate::server::metrics::render(&Box::pin(shard.all_reports()).await);
             return reply(out, frame, Status::Ok, text.as_bytes());
         }
         (Some(Opcode::ShardMap), Port::Client) => return reply(out, frame, Status::Ok, &shard_map(shard)),
-        (Some(Opcode::Gossip), Port::Internode) => return gossip(shard, frame, out).await,
+        (Some(Opcode::Gossip), Port::Internode) => return Box::pin(gossip(shard, frame, out)).await,
         _ => {
             let message = format!("opcode {:#04x} is not served on this port", frame.header.opcode);
             return reply(out, frame, Status::UnknownOpcode, message.as_bytes());
@@ -332,7 +335,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
             }
         }
         if !frames.is_empty() || fatal.is_some() {
-            futures::future::join_all(frames.iter().map(|f| handle(&shard, f, &out, port, admin))).await;
+            join_in_order(frames.iter().map(|f| handle(&shard, f, &out, port, admin))).await;
             drop(frames);
             let mut pending = std::mem::take(&mut *out.borrow_mut());
             if !pending.is_empty() && stream.write_all(&pending).await.is_err() {

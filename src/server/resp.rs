@@ -11,6 +11,7 @@ use std::rc::Rc;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use crate::server::batch::join_in_order;
 use crate::server::recv::RecvBuf;
 use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
 
@@ -292,7 +293,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             }
         }
         if !commands.is_empty() || protocol_error.is_some() {
-            let replies = futures::future::join_all(commands.iter().map(|args| async {
+            let replies = join_in_order(commands.iter().map(|args| async {
                 let mut out = Vec::new();
                 let keep_open = execute(&shard, args, &mut out).await;
                 (out, keep_open)

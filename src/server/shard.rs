@@ -322,7 +322,7 @@ impl Shard {
             return match &self.members {
                 Some(members) => {
                     let command = String::from_utf8_lossy(key);
-                    match members.admin(self, &command, &String::from_utf8_lossy(value)).await {
+                    match Box::pin(members.admin(self, &command, &String::from_utf8_lossy(value))).await {
                         Ok(text) => Outcome::Bytes(text.into_bytes()),
                         Err(message) => Outcome::failed(Status::BadRequest, message),
                     }
@@ -365,8 +365,11 @@ impl Shard {
             ),
             None => {
                 self.counters.forwarded.set(self.counters.forwarded.get() + 1);
-                self.forward_to_primary(op, partition, key, context, value, options)
-                    .await
+                // Boxed: its future is several times the size of the rest
+                // of a request's, and every request's future is moved
+                // (copied) when it is queued, so only the requests that
+                // take this path should pay for it.
+                Box::pin(self.forward_to_primary(op, partition, key, context, value, options)).await
             }
         }
     }
