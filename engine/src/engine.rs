@@ -124,7 +124,8 @@ impl State {
         match self.keydir.apply(header.partition, key, entry) {
             Applied::Newer(Some(old)) => {
                 self.mark_dead(old.segment, old.record_bytes());
-                self.cache.replace((old.segment, old.offset), (at.segment, at.offset), value);
+                self.cache
+                    .replace((old.segment, old.offset), (at.segment, at.offset), value);
             }
             Applied::Newer(None) => {}
             Applied::Stale => unreachable!("a fresh sequence number is always the newest"),

@@ -219,7 +219,11 @@ fn overwriting_a_cached_key_keeps_it_cached_and_cold_overwrites_cache_nothing() 
         for key in keys(0) {
             assert_eq!(&engine.get(1, &key).await.unwrap().unwrap().value[..], &[2; 1000]);
         }
-        assert_eq!(engine.stats().disk_reads, read, "cached keys stay cached through an overwrite");
+        assert_eq!(
+            engine.stats().disk_reads,
+            read,
+            "cached keys stay cached through an overwrite"
+        );
         for key in keys(100) {
             assert_eq!(&engine.get(1, &key).await.unwrap().unwrap().value[..], &[2; 1000]);
         }
