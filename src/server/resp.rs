@@ -6,6 +6,7 @@
 //! RESP resolves them by the rule documented in README ("RESP and
 //! siblings"). Only database 0 exists.
 
+use std::io::Write;
 use std::rc::Rc;
 
 use futures_lite::AsyncWriteExt;
@@ -90,7 +91,8 @@ fn parse(buf: &[u8], bulk_max: usize) -> Parsed<'_> {
 }
 
 fn bulk(out: &mut Vec<u8>, value: &[u8]) {
-    out.extend_from_slice(format!("${}\r\n", value.len()).as_bytes());
+    // Written in place: `format!` allocated a string per reply.
+    let _ = write!(out, "${}\r\n", value.len());
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
@@ -138,19 +140,40 @@ const RESP_WRITE: RequestOptions = RequestOptions {
 /// A key's value as Redis clients see it: siblings reduced by the
 /// last-writer-wins rule ([`Clock::last_writer`]).
 enum Read {
-    Value(Vec<u8>),
-    Missing,
+    /// The key's object; its value is the last writer's (absent if that
+    /// is a tombstone). Kept whole so that replies borrow the value
+    /// instead of copying it.
+    Object(Box<dynkv::version::Clock>),
     Failed(Outcome),
+}
+
+impl Read {
+    fn value(&self) -> Option<&[u8]> {
+        match self {
+            Read::Object(clock) => clock.last_writer().and_then(|s| s.value.as_deref()),
+            Read::Failed(_) => None,
+        }
+    }
 }
 
 async fn read(shard: &Rc<Shard>, key: &[u8]) -> Read {
     match shard.execute(Op::Get, key, &[], &[], RequestOptions::default()).await {
-        Outcome::Object(clock) => match clock.last_writer().and_then(|s| s.value.clone()) {
-            Some(value) => Read::Value(value),
-            None => Read::Missing,
-        },
+        Outcome::Object(clock) => Read::Object(clock),
         other => Read::Failed(other),
     }
+}
+
+/// The command name in upper case, without allocating for the names RESP
+/// clients send (all are short).
+fn command_name<'a>(raw: &[u8], buf: &'a mut [u8; 16]) -> std::borrow::Cow<'a, str> {
+    if let Some(upper) = buf.get_mut(..raw.len()) {
+        upper.copy_from_slice(raw);
+        upper.make_ascii_uppercase();
+        if let Ok(name) = std::str::from_utf8(upper) {
+            return std::borrow::Cow::Borrowed(name);
+        }
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(raw).to_ascii_uppercase())
 }
 
 /// Executes one command, appending its reply to `out`. Returns false if the
@@ -159,20 +182,23 @@ async fn execute(shard: &Rc<Shard>, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
     let Some(name) = args.first() else {
         return true;
     };
-    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    let mut upper = [0u8; 16];
+    let name = command_name(name, &mut upper);
     let arity = |n: usize| args.len() == n;
-    match name.as_str() {
+    match &*name {
         "PING" if args.len() <= 2 => match args.get(1) {
             Some(message) => bulk(out, message),
             None => out.extend_from_slice(b"+PONG\r\n"),
         },
         "ECHO" if arity(2) => bulk(out, args[1]),
         "GET" if arity(2) => match read(shard, args[1]).await {
-            Read::Value(v) => bulk(out, &v),
-            Read::Missing => out.extend_from_slice(b"$-1\r\n"),
             Read::Failed(other) => {
                 failure(out, &other);
             }
+            found => match found.value() {
+                Some(value) => bulk(out, value),
+                None => out.extend_from_slice(b"$-1\r\n"),
+            },
         },
         "SET" if arity(3) => {
             let outcome = shard.execute(Op::Put, args[1], &[], args[2], RESP_WRITE).await;
@@ -197,17 +223,17 @@ async fn execute(shard: &Rc<Shard>, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
             let reads = args[1..].iter().map(|k| read(shard, k));
             let outcomes = futures::future::join_all(reads).await;
             out.extend_from_slice(format!("*{}\r\n", outcomes.len()).as_bytes());
-            for outcome in outcomes {
-                match outcome {
-                    Read::Value(v) => bulk(out, &v),
-                    _ => out.extend_from_slice(b"$-1\r\n"),
+            for outcome in &outcomes {
+                match outcome.value() {
+                    Some(value) => bulk(out, value),
+                    None => out.extend_from_slice(b"$-1\r\n"),
                 }
             }
         }
         "DEL" | "EXISTS" if args.len() >= 2 => {
             let mut count = 0;
             for key in &args[1..] {
-                if matches!(read(shard, key).await, Read::Value(_)) {
+                if read(shard, key).await.value().is_some() {
                     count += 1;
                     if name == "DEL" {
                         let outcome = shard.execute(Op::Delete, key, &[], &[], RESP_WRITE).await;
@@ -331,6 +357,21 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_names_are_upper_cased_whatever_their_length_or_encoding() {
+        let mut buf = [0u8; 16];
+        assert_eq!(command_name(b"get", &mut buf), "GET");
+        let mut buf = [0u8; 16];
+        assert_eq!(command_name(b"sEt", &mut buf), "SET");
+        let long = b"averyveryverylongcommandname";
+        let mut buf = [0u8; 16];
+        assert_eq!(command_name(long, &mut buf), "AVERYVERYVERYLONGCOMMANDNAME");
+        let mut buf = [0u8; 16];
+        assert_eq!(command_name(b"g\xffx", &mut buf), "G\u{fffd}X");
+        let mut buf = [0u8; 16];
+        assert_eq!(command_name(b"", &mut buf), "");
+    }
 
     #[test]
     fn parses_arrays_inline_commands_and_partial_input() {
