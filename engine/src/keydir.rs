@@ -15,13 +15,13 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use smallvec::SmallVec;
 
 use crate::merkle::MerkleTree;
+use crate::record::FLAG_TOMBSTONE;
 
 /// A key as the keydir stores it: up to 24 bytes inline in the table's
 /// slot (32 bytes in all), longer ones on the heap. A lookup compares the
 /// key without following a pointer to a separate allocation, which was a
 /// cache miss on most lookups, and short keys cost no allocation.
 pub(crate) type StoredKey = SmallVec<[u8; 24]>;
-use crate::record::FLAG_TOMBSTONE;
 
 /// Where a key's newest record lives, and what it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

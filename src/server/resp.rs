@@ -211,7 +211,7 @@ async fn execute(shard: &Rc<Shard>, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
             let writes = args[1..]
                 .chunks(2)
                 .map(|kv| shard.execute(Op::Put, kv[0], &[], kv[1], RESP_WRITE));
-            let outcomes = futures::future::join_all(writes).await;
+            let outcomes = join_in_order(writes).await;
             match outcomes.iter().find(|o| matches!(o, Outcome::Failed(..))) {
                 Some(failed) => {
                     failure(out, failed);
@@ -221,7 +221,7 @@ async fn execute(shard: &Rc<Shard>, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
         }
         "MGET" if args.len() >= 2 => {
             let reads = args[1..].iter().map(|k| read(shard, k));
-            let outcomes = futures::future::join_all(reads).await;
+            let outcomes = join_in_order(reads).await;
             out.extend_from_slice(format!("*{}\r\n", outcomes.len()).as_bytes());
             for outcome in &outcomes {
                 match outcome.value() {
