@@ -99,6 +99,19 @@ impl Cluster {
         support::node_metric(self.node(i).addr(), name)
     }
 
+    /// Kills node `dead` and waits until node 0 holds it down. A write
+    /// forwarded to a primary in the instant between its death and its
+    /// detection has an unknown fate and is answered Timeout, by design;
+    /// the tests that use this are about what happens once it is down.
+    fn kill_and_wait_down(&mut self, dead: usize) {
+        self.nodes[dead].take().unwrap().kill();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.metric(0, "dynkv_cluster_members_down") == 0 {
+            assert!(Instant::now() < deadline, "node 0 never held node {dead} down");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until no node holds another down.
     fn wait_all_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -331,7 +344,7 @@ fn concurrent_writes_make_siblings_that_a_context_resolves_and_strangers_are_kep
     assert!(stranger.terminate().success());
     // Sloppy quorum: with node 2 down, a key it owns is written to its other
     // primary and a fallback holding a hint, and handed off when it returns.
-    cluster.nodes[2].take().unwrap().kill();
+    cluster.kill_and_wait_down(2);
     let keys: Vec<String> = (0..40).map(|i| format!("sloppy-{i}")).collect();
     run({
         let keys = keys.clone();
@@ -494,7 +507,7 @@ fn reap_scenario(settings: &str, down_ms: u64, handoff: bool) {
     };
     put_all(a, keys.clone());
     // Node 2 misses the deletes, and keeps the values.
-    cluster.nodes[2].take().unwrap().kill();
+    cluster.kill_and_wait_down(2);
     run({
         let keys = keys.clone();
         async move {
