@@ -105,9 +105,15 @@ impl Cluster {
     /// the tests that use this are about what happens once it is down.
     fn kill_and_wait_down(&mut self, dead: usize) {
         self.nodes[dead].take().unwrap().kill();
+        self.wait_held_down();
+    }
+
+    /// Waits (at most 20 s) until node 0's failure detector holds a node
+    /// down.
+    fn wait_held_down(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.metric(0, "dynkv_cluster_members_down") == 0 {
-            assert!(Instant::now() < deadline, "node 0 never held node {dead} down");
+            assert!(Instant::now() < deadline, "node 0 never held the killed node down");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -227,11 +233,7 @@ fn writes_survive_a_killed_node_and_hinted_handoff_brings_it_up_to_date() {
     let pending: u64 = (0..2).map(|i| cluster.metric(i, "dynkv_hints_pending")).sum();
     assert!(pending > 0, "the coordinators keep hints for the dead node");
     // Gossip's failure detector notices the silence.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while cluster.metric(0, "dynkv_cluster_members_down") == 0 {
-        assert!(Instant::now() < deadline, "node 0 never held node 2 down");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    cluster.wait_held_down();
     cluster.spawn(2);
     let deadline = Instant::now() + Duration::from_secs(60);
     while (0..2).map(|i| cluster.metric(i, "dynkv_hints_pending")).sum::<u64>() > 0 {
