@@ -52,6 +52,11 @@ fn ports_free(ports: &[u16]) -> bool {
 /// block (tests run in parallel, and glommio listeners use SO_REUSEPORT,
 /// so two nodes on one port would silently share connections).
 pub fn free_ports() -> Ports {
+    // Blocks of 10 ports from 20000 up to 31999: below Linux's default
+    // ephemeral range (32768-60999), so that an outgoing connection of
+    // another test cannot take a port between the check below and the
+    // node's bind (which made a node exit at start now and then).
+    const BLOCKS: u64 = 1200;
     static NEXT_BLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     // One starting block per process, so that blocks handed out within the
     // process never repeat.
@@ -60,10 +65,10 @@ pub fn free_ports() -> Ports {
         let clock = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        (u64::from(std::process::id()) * 131 + clock / 1000) % 3000
+        (u64::from(std::process::id()) * 131 + clock / 1000) % BLOCKS
     });
     for _ in 0..200 {
-        let block = (start + NEXT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 3000;
+        let block = (start + NEXT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % BLOCKS;
         let base = 20_000 + (block * 10) as u16;
         let ports: Vec<u16> = (base..base + 2 * SHARDS + 2).collect();
         if ports_free(&ports) {
