@@ -5,12 +5,16 @@
 #   1. anti-entropy between replicas that agree, at two key counts: bytes
 #      received per partition comparison (target: independent of keys);
 #   2. YCSB B through `dynkv bench` on the quiet cluster;
-#   3. the same while a fourth node joins: time to full ownership, keys and
+#   3. the same while anti-entropy repairs a node that was down while a
+#      fifth of the keys were updated (its hints expired), and the time
+#      until the repair is complete;
+#   4. the same while anti-entropy refills a node restarted with an empty
+#      disk (same node id), and the time until it holds every key again;
+#   5. the same while a fourth node joins: time to full ownership, keys and
 #      bytes it received against the data it then holds;
-#   4. the same while anti-entropy repairs a node that was down while a
-#      fifth of the keys were updated (its hints expired);
-#   5. the same while anti-entropy refills a node restarted with an empty
-#      disk (same node id).
+#   6. the quiet cluster of four, for reference: every row above is
+#      compared with the quiet cluster of the same shape (three nodes),
+#      since four nodes of two shards share the same two cores.
 # Writes the results into docs/PERFORMANCE.md (<!-- elastic:begin/end -->).
 #
 # Usage: benches/elastic.sh   (ELASTIC_KEYS=200000, ELASTIC_SECONDS=15)
@@ -95,10 +99,24 @@ load() { # first key count: writes keys 0..n-1 once
   "$bin" bench --quiet --addr "$(native 0),$(native 1),$(native 2)" --workload custom --update 1 \
     --distribution uniform --keys "$1" --load --ops 1 --json "$work/load.json" --svg "$work/load.svg" >/dev/null
 }
-ycsb_b() { # label, extra arguments
+ycsb_b() { # label, extra arguments: a table row; the throughput also goes to $work/ops_s
   local label=$1; shift
   bench_row "$label" --addr "$(native 0),$(native 1),$(native 2)" --workload B --keys "$keys" \
     --duration-s "$seconds" --concurrency 32 "$@"
+  python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["throughput_ops_s"]))' "$work/b.json" \
+    >"$work/ops_s"
+}
+loss() { # throughput, baseline: the change in percent
+  awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.0f%%", (a - b) / b * 100 }'
+}
+refilled() { # since: waits (max 600 s) until node 2 holds as many keys as node 0; prints the seconds since $1
+  while [ $((SECONDS - $1)) -lt 600 ]; do
+    if [ "$(metric 2 dynkv_engine_keys)" -ge "$(metric 0 dynkv_engine_keys)" ]; then
+      echo $((SECONDS - $1)); return 0
+    fi
+    sleep 0.5
+  done
+  echo "more than 600"
 }
 
 for i in 0 1 2; do
@@ -129,18 +147,7 @@ wait_settled 0 1 2
   echo "| cluster state | ops/s | p50 | p99 | server CPU s / 1M ops | errors | sibling reads | client busy |"
   echo "|---|---|---|---|---|---|---|---|"
   ycsb_b "quiet, 3 nodes"
-  # A fourth node joins while YCSB B runs; a watcher times the join from
-  # the node's start to settled ownership with partitions on it.
-  start_node 3 --join "$(internode 0)"
-  join_watch &
-  watcher=$!
-  ycsb_b "a fourth node joining"
-  wait "$watcher"
-  join_s=$(cat "$work/join_s")
-  received_keys=$(metric 3 dynkv_transfer_keys_total)
-  received_bytes=$(metric 3 dynkv_sync_bytes_received_total)
-  held_bytes=$(metric 3 dynkv_engine_live_bytes)
-  held_keys=$(metric 3 dynkv_engine_keys)
+  quiet=$(cat "$work/ops_s")
   # Node 2 is down while a fifth of the keys are rewritten, and comes back
   # after its hints have expired: anti-entropy repairs what it missed.
   stop_node 2
@@ -148,25 +155,51 @@ wait_settled 0 1 2
   "$bin" bench --quiet --addr "$(native 0),$(native 1)" --workload custom --update 1 --distribution uniform \
     --keys "$keys" --ops "$missed" --json "$work/missed.json" --svg "$work/missed.svg" >/dev/null
   sleep 2
-  r0=0; for i in 0 1 3; do r0=$((r0 + $(metric $i dynkv_anti_entropy_repaired_total))); done
+  r0=0; for i in 0 1; do r0=$((r0 + $(metric $i dynkv_anti_entropy_repaired_total))); done
   start_node 2 --peers "$(internode 0),$(internode 1)"
   sleep 2
   ycsb_b "anti-entropy repairing a node that missed $missed updates"
-  repaired=$((-r0)); for i in 0 1 2 3; do repaired=$((repaired + $(metric $i dynkv_anti_entropy_repaired_total))); done
-  # Node 3 loses its disk and comes back empty under the same id:
-  # anti-entropy alone refills it while YCSB B runs.
+  missed_ops=$(cat "$work/ops_s")
+  repaired=$((-r0)); for i in 0 1 2; do repaired=$((repaired + $(metric $i dynkv_anti_entropy_repaired_total))); done
+  # Node 2 loses its disk and comes back empty under the same id:
+  # anti-entropy alone (and read repair) refills it while YCSB B runs.
   stop_node 2
   rm -rf "$work/node2"
   start_node 2 --join "$(internode 0)"
+  t_refill=$SECONDS
   sleep 2
   ycsb_b "anti-entropy refilling an emptied node"
+  refill_ops=$(cat "$work/ops_s")
+  refill_keys=$(metric 0 dynkv_engine_keys)
+  refill_s=$(refilled "$t_refill")
+  # A fourth node joins while YCSB B runs; a watcher times the join from
+  # the node's start to settled ownership with partitions on it.
+  start_node 3 --join "$(internode 0)"
+  join_watch &
+  watcher=$!
+  ycsb_b "a fourth node joining"
+  join_ops=$(cat "$work/ops_s")
+  wait "$watcher"
+  join_s=$(cat "$work/join_s")
+  received_keys=$(metric 3 dynkv_transfer_keys_total)
+  received_bytes=$(metric 3 dynkv_sync_bytes_received_total)
+  held_bytes=$(metric 3 dynkv_engine_live_bytes)
+  held_keys=$(metric 3 dynkv_engine_keys)
+  sleep 5
+  ycsb_b "quiet, 4 nodes (for reference)"
+  echo
+  echo "**Throughput against the quiet cluster of three:** anti-entropy repairing missed writes $(loss "$missed_ops" "$quiet"),"
+  echo "refilling an emptied node $(loss "$refill_ops" "$quiet"), a fourth node joining $(loss "$join_ops" "$quiet")."
+  echo
+  echo "**Missed writes:** node 2 was down while ${missed} updates ran (hints expire after 1 s, so none were handed off);"
+  echo "anti-entropy repaired ${repaired} keys (on either side of a comparison, all nodes) during the YCSB B run above."
+  echo
+  echo "**Refill:** node 2, restarted with an empty disk, held all ${refill_keys} keys again ${refill_s} s after it started"
+  echo "(anti-entropy at the defaults above, plus read repair of the keys YCSB B read)."
   echo
   echo "**Join:** the fourth node reached full ownership ${join_s} s after it started (under the YCSB B load above,"
   echo "transfer_keys_per_second_max = 20000 per shard): it received ${received_keys} keys in ${received_bytes} bytes"
   echo "of comparison traffic (hashes, key listings, objects), and holds ${held_keys} keys in ${held_bytes} bytes."
-  echo
-  echo "**Missed writes:** node 2 was down while ${missed} updates ran (hints expire after 1 s, so none were handed off);"
-  echo "anti-entropy repaired ${repaired} keys (on either side of a comparison, all nodes) during the YCSB B run above."
 } | tee "$out"
 
 write_section "$out" elastic "Membership: joins and anti-entropy (\`benches/elastic.sh\`)"
