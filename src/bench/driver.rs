@@ -62,7 +62,8 @@ impl Shared {
 /// How one thread generates load.
 #[derive(Clone)]
 pub(crate) struct Plan {
-    pub(crate) addr: SocketAddr,
+    /// The nodes to drive; each request goes to one, chosen by its key.
+    pub(crate) addrs: Vec<SocketAddr>,
     pub(crate) mix: Mix,
     pub(crate) keys: Arc<KeyChooser>,
     pub(crate) value_size: ValueSize,
@@ -107,7 +108,8 @@ fn worker_rng(seed: u64, thread: u64, worker: u64) -> XorShiftRng {
 
 /// Everything a worker needs, shared within the thread.
 struct Worker {
-    client: Client,
+    /// One per node of `plan.addrs`, in that order.
+    clients: Vec<Client>,
     plan: Plan,
     shared: Arc<Shared>,
     recorder: RefCell<Recorder>,
@@ -115,6 +117,17 @@ struct Worker {
 }
 
 impl Worker {
+    /// The node that coordinates `key`: by the key's hash, so that the
+    /// nodes share the load evenly and every request for one key (the read
+    /// and write of a read-modify-write) goes to the same coordinator.
+    fn client(&self, key: &[u8]) -> &Client {
+        // Seeded apart from the servers' partition hash, so that a node's
+        // share is not tied to particular partitions or shards.
+        const NODE_CHOICE_SEED: u64 = 0x6e6f_6465;
+        let n = self.clients.len() as u64;
+        &self.clients[(xxhash_rust::xxh3::xxh3_64_with_seed(key, NODE_CHOICE_SEED) % n) as usize]
+    }
+
     /// Runs one operation; says what a read saw.
     async fn op(&self, kind: OpKind, rng: &mut XorShiftRng) -> Result<Seen, ClientError> {
         let newest = self.shared.newest_key.load(Ordering::Relaxed);
@@ -126,37 +139,50 @@ impl Worker {
         match kind {
             OpKind::Read => {
                 let key = key_of(self.plan.keys.pick(rng, newest));
-                let got = self.client.get_with(key.as_bytes(), &self.plan.read).await?;
+                let got = self
+                    .client(key.as_bytes())
+                    .get_with(key.as_bytes(), &self.plan.read)
+                    .await?;
                 Ok(seen(&got))
             }
             OpKind::Update => {
                 let key = key_of(self.plan.keys.pick(rng, newest));
-                self.client.put_with(key.as_bytes(), value, None, &overwrite).await?;
+                self.client(key.as_bytes())
+                    .put_with(key.as_bytes(), value, None, &overwrite)
+                    .await?;
                 Ok(Seen::Value)
             }
             OpKind::Insert => {
                 let index = self.shared.next_insert.fetch_add(1, Ordering::Relaxed);
-                self.client
-                    .put_with(key_of(index).as_bytes(), value, None, &overwrite)
+                let key = key_of(index);
+                self.client(key.as_bytes())
+                    .put_with(key.as_bytes(), value, None, &overwrite)
                     .await?;
                 self.shared.newest_key.fetch_max(index + 1, Ordering::Relaxed);
                 Ok(Seen::Value)
             }
             OpKind::Delete => {
                 let key = key_of(self.plan.keys.pick(rng, newest));
-                self.client.delete_with(key.as_bytes(), &[], &overwrite).await?;
+                self.client(key.as_bytes())
+                    .delete_with(key.as_bytes(), &[], &overwrite)
+                    .await?;
                 Ok(Seen::Value)
             }
             OpKind::ReadModifyWrite => {
                 let key = key_of(self.plan.keys.pick(rng, newest));
-                let got = self.client.get_with(key.as_bytes(), &self.plan.read).await?;
+                let got = self
+                    .client(key.as_bytes())
+                    .get_with(key.as_bytes(), &self.plan.read)
+                    .await?;
                 let call = if got.context.is_empty() {
                     overwrite
                 } else {
                     self.plan.write
                 };
                 let context = (!got.context.is_empty()).then_some(&got.context[..]);
-                self.client.put_with(key.as_bytes(), value, context, &call).await?;
+                self.client(key.as_bytes())
+                    .put_with(key.as_bytes(), value, context, &call)
+                    .await?;
                 Ok(seen(&got))
             }
         }
@@ -177,16 +203,21 @@ impl Worker {
 
 /// Runs one thread's share of the load until the run stops.
 pub(crate) async fn run_thread(plan: Plan, shared: Arc<Shared>, start: Instant) -> Result<Recorder, String> {
-    let client = Client::connect(plan.addr, plan.client)
-        .await
-        .map_err(|e| format!("{}: {e}", plan.addr))?;
+    let mut clients = Vec::with_capacity(plan.addrs.len());
+    for &addr in &plan.addrs {
+        clients.push(
+            Client::connect(addr, plan.client)
+                .await
+                .map_err(|e| format!("{addr}: {e}"))?,
+        );
+    }
     let ready = start.elapsed().as_nanos() as u64;
     shared.ready_ns.fetch_min(ready, Ordering::Relaxed);
     let mut values = vec![0u8; plan.value_size.max_bytes];
     let mut fill = XorShiftRng::seed_from_u64(plan.seed ^ 0x5eed);
     rand::Rng::fill_bytes(&mut fill, &mut values);
     let worker = Rc::new(Worker {
-        client,
+        clients,
         plan: plan.clone(),
         shared,
         recorder: RefCell::new(Recorder::new(start)),

@@ -32,7 +32,8 @@ const VALUE_MAX_BYTES: usize = 1 << 20;
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct BenchArgs {
     /// Native-protocol addresses of the nodes to drive (any shard of each),
-    /// comma-separated; threads are spread over them.
+    /// comma-separated. Every thread connects to each; a request goes to the
+    /// node its key hashes to, so every node coordinates an equal share.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7600")]
     addr: Vec<SocketAddr>,
     /// YCSB workload: A (50/50 read/update), B (95/5), C (read only),
@@ -187,7 +188,7 @@ impl BenchArgs {
 
     fn plan(&self, settings: &Settings, thread: usize, mix: Mix, rate: Option<f64>) -> Plan {
         Plan {
-            addr: self.addr[thread % self.addr.len()],
+            addrs: self.addr.clone(),
             mix,
             keys: settings.keys.clone(),
             value_size: settings.value_size,
