@@ -136,53 +136,33 @@ impl Worker {
             overwrite: true,
             ..self.plan.write
         };
+        // An insert takes the next fresh key; every other kind picks one.
+        let inserted = (kind == OpKind::Insert).then(|| self.shared.next_insert.fetch_add(1, Ordering::Relaxed));
+        let key = key_of(inserted.unwrap_or_else(|| self.plan.keys.pick(rng, newest)));
+        let key = key.as_bytes();
+        let client = self.client(key);
         match kind {
-            OpKind::Read => {
-                let key = key_of(self.plan.keys.pick(rng, newest));
-                let got = self
-                    .client(key.as_bytes())
-                    .get_with(key.as_bytes(), &self.plan.read)
-                    .await?;
-                Ok(seen(&got))
-            }
-            OpKind::Update => {
-                let key = key_of(self.plan.keys.pick(rng, newest));
-                self.client(key.as_bytes())
-                    .put_with(key.as_bytes(), value, None, &overwrite)
-                    .await?;
-                Ok(Seen::Value)
-            }
-            OpKind::Insert => {
-                let index = self.shared.next_insert.fetch_add(1, Ordering::Relaxed);
-                let key = key_of(index);
-                self.client(key.as_bytes())
-                    .put_with(key.as_bytes(), value, None, &overwrite)
-                    .await?;
-                self.shared.newest_key.fetch_max(index + 1, Ordering::Relaxed);
+            OpKind::Read => Ok(seen(&client.get_with(key, &self.plan.read).await?)),
+            OpKind::Update | OpKind::Insert => {
+                client.put_with(key, value, None, &overwrite).await?;
+                if let Some(index) = inserted {
+                    self.shared.newest_key.fetch_max(index + 1, Ordering::Relaxed);
+                }
                 Ok(Seen::Value)
             }
             OpKind::Delete => {
-                let key = key_of(self.plan.keys.pick(rng, newest));
-                self.client(key.as_bytes())
-                    .delete_with(key.as_bytes(), &[], &overwrite)
-                    .await?;
+                client.delete_with(key, &[], &overwrite).await?;
                 Ok(Seen::Value)
             }
             OpKind::ReadModifyWrite => {
-                let key = key_of(self.plan.keys.pick(rng, newest));
-                let got = self
-                    .client(key.as_bytes())
-                    .get_with(key.as_bytes(), &self.plan.read)
-                    .await?;
+                let got = client.get_with(key, &self.plan.read).await?;
                 let call = if got.context.is_empty() {
                     overwrite
                 } else {
                     self.plan.write
                 };
                 let context = (!got.context.is_empty()).then_some(&got.context[..]);
-                self.client(key.as_bytes())
-                    .put_with(key.as_bytes(), value, context, &call)
-                    .await?;
+                client.put_with(key, value, context, &call).await?;
                 Ok(seen(&got))
             }
         }
