@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,34 +20,50 @@ fn bench(args: &[&str]) -> std::process::Output {
         .expect("run dynkv bench")
 }
 
-#[test]
-fn a_bounded_run_reports_every_operation_in_json_and_svg() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &["--sync", "never"]);
-    let addr = node.addr().to_string();
-    let json = dir.path().join("report.json");
-    let svg = dir.path().join("chart.svg");
-    // One client alone never makes siblings with read-modify-write.
-    let out = bench(&[
-        "--addr",
-        &addr,
-        "--workload",
-        "F",
-        "--keys",
-        "50",
-        "--load",
-        "--ops",
-        "300",
-        "--concurrency",
-        "1",
+/// Runs `dynkv bench` quietly with its JSON report and SVG chart written
+/// into `dir` (read back with `read_report`).
+fn bench_into(dir: &Path, args: &[&str]) -> std::process::Output {
+    let (json, svg) = (dir.join("report.json"), dir.join("chart.svg"));
+    let mut all = args.to_vec();
+    all.extend([
         "--json",
         json.to_str().unwrap(),
         "--svg",
         svg.to_str().unwrap(),
         "--quiet",
     ]);
+    bench(&all)
+}
+
+/// The JSON report of the last `bench_into(dir, ..)`.
+fn read_report(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_bounded_run_reports_every_operation_in_json_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--sync", "never"]);
+    let addr = node.addr().to_string();
+    // One client alone never makes siblings with read-modify-write.
+    let out = bench_into(
+        dir.path(),
+        &[
+            "--addr",
+            &addr,
+            "--workload",
+            "F",
+            "--keys",
+            "50",
+            "--load",
+            "--ops",
+            "300",
+            "--concurrency",
+            "1",
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let report = read_report(dir.path());
     assert_eq!(
         report["sibling_reads"].as_u64(),
         Some(0),
@@ -54,26 +71,24 @@ fn a_bounded_run_reports_every_operation_in_json_and_svg() {
     );
     // Concurrent read-modify-writes of a hot key are truly concurrent, so
     // siblings may appear there.
-    let out = bench(&[
-        "--addr",
-        &addr,
-        "--workload",
-        "F",
-        "--keys",
-        "500",
-        "--load",
-        "--ops",
-        "3000",
-        "--threads",
-        "2",
-        "--concurrency",
-        "16",
-        "--json",
-        json.to_str().unwrap(),
-        "--svg",
-        svg.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let out = bench_into(
+        dir.path(),
+        &[
+            "--addr",
+            &addr,
+            "--workload",
+            "F",
+            "--keys",
+            "500",
+            "--load",
+            "--ops",
+            "3000",
+            "--threads",
+            "2",
+            "--concurrency",
+            "16",
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -82,7 +97,7 @@ fn a_bounded_run_reports_every_operation_in_json_and_svg() {
     );
     assert!(stdout.contains("load: 500 keys"), "{stdout}");
     assert!(stdout.contains("read-modify-write"), "{stdout}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let report = read_report(dir.path());
     let ops = report["operations"].as_u64().unwrap();
     let errors: u64 = report["errors"]
         .as_object()
@@ -96,7 +111,7 @@ fn a_bounded_run_reports_every_operation_in_json_and_svg() {
         "every operation of the budget is accounted for: {report}"
     );
     assert!(report["by_operation"]["read"]["p99_us"].as_u64().unwrap() > 0);
-    let chart = std::fs::read_to_string(&svg).unwrap();
+    let chart = std::fs::read_to_string(dir.path().join("chart.svg")).unwrap();
     assert!(
         chart.starts_with("<svg") && chart.contains("throughput"),
         "{}",
@@ -110,27 +125,24 @@ fn open_loop_holds_its_rate_and_counts_latency_from_the_due_time() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &["--sync", "never"]);
     let addr = node.addr().to_string();
-    let json = dir.path().join("open.json");
     let started = Instant::now();
-    let out = bench(&[
-        "--addr",
-        &addr,
-        "--workload",
-        "C",
-        "--keys",
-        "100",
-        "--rate",
-        "2000",
-        "--duration-s",
-        "2",
-        "--json",
-        json.to_str().unwrap(),
-        "--svg",
-        dir.path().join("open.svg").to_str().unwrap(),
-        "--quiet",
-    ]);
+    let out = bench_into(
+        dir.path(),
+        &[
+            "--addr",
+            &addr,
+            "--workload",
+            "C",
+            "--keys",
+            "100",
+            "--rate",
+            "2000",
+            "--duration-s",
+            "2",
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let report = read_report(dir.path());
     let throughput = report["throughput_ops_s"].as_f64().unwrap();
     assert!(
         (1500.0..2500.0).contains(&throughput),
@@ -150,24 +162,20 @@ fn every_addr_node_coordinates_a_share_of_the_requests_even_from_one_thread() {
         .map(|d| Node::start(d.path(), &["--sync", "never"]))
         .collect();
     let addrs = format!("{},{}", nodes[0].addr(), nodes[1].addr());
-    let json = dirs[0].path().join("report.json");
-    let svg = dirs[0].path().join("chart.svg");
-    let out = bench(&[
-        "--addr",
-        &addrs,
-        "--threads",
-        "1",
-        "--keys",
-        "400",
-        "--load",
-        "--ops",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-        "--svg",
-        svg.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let out = bench_into(
+        dirs[0].path(),
+        &[
+            "--addr",
+            &addrs,
+            "--threads",
+            "1",
+            "--keys",
+            "400",
+            "--load",
+            "--ops",
+            "1",
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let held: Vec<u64> = nodes
         .iter()
