@@ -26,7 +26,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Three nodes with `n` replicas per key (R = W = 2).
+    /// Three nodes with `n` replicas per key (R = W = 2, or 1 if n is).
     fn start(n: usize) -> Cluster {
         Cluster::start_with(n, Vec::new())
     }
@@ -56,7 +56,8 @@ impl Cluster {
             .map(|j| self.ports[j].internode_addr())
             .collect();
         let n = self.n.to_string();
-        let mut args: Vec<String> = ["--n", &n, "--r", "2", "--w", "2", "--cluster-secret", secret]
+        let quorum = self.n.min(2).to_string();
+        let mut args: Vec<String> = ["--n", &n, "--r", &quorum, "--w", &quorum, "--cluster-secret", secret]
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -257,6 +258,114 @@ fn writes_survive_a_killed_node_and_hinted_handoff_brings_it_up_to_date() {
             assert_eq!(values, vec![value_of(key)], "{key} on node {i}");
         }
     }
+}
+
+/// Writes `value(key)` to every key through node `via`, blind; panics on a
+/// failed write.
+fn put_blind(cluster: &Cluster, via: usize, keys: &[String], value: fn(&str) -> Vec<u8>) {
+    let (addr, keys) = (cluster.node(via).addr(), keys.to_vec());
+    run(async move {
+        let client = Client::connect(addr, client_options()).await.unwrap();
+        for key in &keys {
+            client
+                .put(key.as_bytes(), &value(key), None)
+                .await
+                .unwrap_or_else(|e| panic!("write {key} through node {via}: {e}"));
+        }
+    });
+}
+
+/// Reads every key through node `via` and checks its values (in any order).
+fn expect_values(cluster: &Cluster, via: usize, keys: &[String], want: fn(&str) -> Vec<Vec<u8>>, stage: &str) {
+    let (addr, keys) = (cluster.node(via).addr(), keys.to_vec());
+    run(async move {
+        let client = Client::connect(addr, client_options()).await.unwrap();
+        for key in &keys {
+            let mut got = client.get(key.as_bytes()).await.unwrap().values;
+            got.sort();
+            assert_eq!(got, want(key), "{key} through node {via} {stage}");
+        }
+    });
+}
+
+impl Cluster {
+    /// Kills node 2 and waits until nodes 0 and 1 both hold it down.
+    fn kill_node_2_and_wait_down(&mut self) {
+        self.nodes[2].take().unwrap().kill();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (0..2).any(|i| self.metric(i, "dynkv_cluster_members_down") == 0) {
+            assert!(Instant::now() < deadline, "nodes 0 and 1 never held node 2 down");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Restarts node 2 and waits until nodes 0 and 1 hold no hint.
+    fn restart_node_2_and_wait_handed_off(&mut self) {
+        self.spawn(2);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (0..2).map(|i| self.metric(i, "dynkv_hints_pending")).sum::<u64>() > 0 {
+            assert!(Instant::now() < deadline, "hints were not handed off within 60 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[test]
+fn keys_whose_primaries_are_all_down_stay_writable_through_a_fallback_and_no_rewrite_is_lost() {
+    // N = 1: a key whose only primary (node 2) is down is coordinated by a
+    // fallback. Ordinary hints would expire at once; a fallback's must not,
+    // since they are the only copies.
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("dynkv.toml");
+    std::fs::write(
+        &config,
+        "hint_age_max_ms = 1
+handoff_interval_ms = 100
+",
+    )
+    .unwrap();
+    let mut cluster = Cluster::start_with(1, vec!["--config".into(), config.to_str().unwrap().into()]);
+    let keys: Vec<String> = (0..60).map(|i| format!("fallback-{i}")).collect();
+    fn first(key: &str) -> Vec<u8> {
+        format!("{key}-first").into_bytes()
+    }
+    fn second(key: &str) -> Vec<u8> {
+        format!("{key}-second").into_bytes()
+    }
+
+    cluster.kill_node_2_and_wait_down();
+    put_blind(&cluster, 0, &keys, first);
+    let coordinated: u64 = (0..2)
+        .map(|i| cluster.metric(i, "dynkv_fallback_coordinated_total"))
+        .sum();
+    assert!(
+        (5..=40).contains(&coordinated),
+        "node 2's share of the keys was written through a fallback: {coordinated} of 60"
+    );
+    // Both live nodes read them back while node 2 is still down.
+    for via in 0..2 {
+        expect_values(&cluster, via, &keys, |k| vec![first(k)], "with node 2 down");
+    }
+    cluster.restart_node_2_and_wait_handed_off();
+    expect_values(&cluster, 2, &keys, |k| vec![first(k)], "after handoff");
+
+    // Again, blind, through the other node. The fallback has deleted the
+    // hints it delivered, so it must not continue the writer id it used:
+    // its new write would claim to have seen the first one, and node 2
+    // would drop that as superseded.
+    cluster.kill_node_2_and_wait_down();
+    put_blind(&cluster, 1, &keys, second);
+    cluster.restart_node_2_and_wait_handed_off();
+    for via in 0..3 {
+        expect_values(
+            &cluster,
+            via,
+            &keys,
+            |k| vec![first(k), second(k)],
+            "after the second handoff (blind writes are siblings)",
+        );
+    }
+    cluster.stop_all();
 }
 
 fn redis(port: u16, args: &[&str]) -> String {

@@ -113,6 +113,11 @@ struct SimNode {
     hints: BTreeMap<(NodeId, u64), Clock>,
     /// Volatile: lost in a crash.
     rounds: HashMap<u64, (Round, Option<u64>)>,
+    /// Writer ids for the versions this node coordinates as a fallback, per
+    /// partition, with the primary whose hint holds them: renewed whenever
+    /// a hint of the partition is deleted (as the server's hint store
+    /// does), and volatile.
+    fallback_actors: HashMap<u32, (NodeId, NodeId)>,
     next_handoff_ms: u64,
 }
 
@@ -204,6 +209,7 @@ impl Sim {
                     unsynced: Vec::new(),
                     hints: BTreeMap::new(),
                     rounds: HashMap::new(),
+                    fallback_actors: HashMap::new(),
                     next_handoff_ms: 0,
                 })
                 .collect(),
@@ -231,9 +237,27 @@ impl Sim {
         }
     }
 
+    fn partition(&self, key: u64) -> u32 {
+        self.table.partition_count().partition_of(&key_bytes(key))
+    }
+
     fn preference(&self, key: u64) -> PreferenceList {
-        let partition = self.table.partition_count().partition_of(&key_bytes(key));
-        PreferenceList::new(&self.table, partition, |_| false, 2)
+        PreferenceList::new(&self.table, self.partition(key), |_| false, 2)
+    }
+
+    /// The nodes that are up among `key`'s non-owners, in preference order.
+    fn up_fallbacks(&self, key: u64) -> Vec<NodeId> {
+        let pref = PreferenceList::new(&self.table, self.partition(key), |n| !self.nodes[node_index(n)].up, 2);
+        pref.fallbacks.iter().map(|o| o.node).collect()
+    }
+
+    /// What node `at` holds as hints for `key`, whichever primary each is
+    /// for (a fallback's answer to a read).
+    fn hinted(&self, at: usize, key: u64) -> Clock {
+        self.primaries(key)
+            .iter()
+            .filter_map(|p| self.nodes[at].hints.get(&(*p, key)))
+            .fold(Clock::new(), |merged, hint| merged.sync(hint))
     }
 
     fn primaries(&self, key: u64) -> Vec<NodeId> {
@@ -329,12 +353,11 @@ impl Sim {
                 self.send(env.to, env.from, Body::WriteAck { round, ok: true });
             }
             Body::Read { round, key, hint_for } => {
-                let node = &self.nodes[at];
                 let clock = match hint_for {
-                    Some(primary) => node.hints.get(&(primary, key)),
-                    None => node.store.get(&key),
+                    Some(_) => self.hinted(at, key),
+                    None => self.nodes[at].store.get(&key).cloned().unwrap_or_default(),
                 };
-                let clock = Some(clock.cloned().unwrap_or_default());
+                let clock = Some(clock);
                 self.send(env.to, env.from, Body::ReadReply { round, clock });
             }
             Body::WriteAck { round, ok } => self.on_write_ack(env.to, env.from, round, ok),
@@ -373,8 +396,10 @@ impl Sim {
                 // if no newer version joined the hint meanwhile.
                 if ok && *target == from {
                     let (target, key, object) = (*target, *key, object.clone());
+                    let partition = self.partition(key);
                     let node = &mut self.nodes[at];
                     if node.hints.get(&(target, key)) == Some(&object) {
+                        node.fallback_actors.remove(&partition);
                         node.hints.remove(&(target, key));
                     }
                     node.rounds.remove(&round_id);
@@ -496,15 +521,22 @@ impl Sim {
             .copied()
             .filter(|p| self.nodes[node_index(*p)].up)
             .collect();
-        if up_primaries.is_empty() {
-            return None; // Unavailable: only a primary may coordinate.
-        }
-        let coordinator = up_primaries[self.rng.random_range(0..up_primaries.len())];
+        // No primary up: the first fallback that is coordinates, holding
+        // its copy as a hint for the first primary.
+        let (coordinator, stands_in_for) = match up_primaries.len() {
+            0 => (*self.up_fallbacks(key).first()?, Some(primaries[0])),
+            n => (up_primaries[self.rng.random_range(0..n)], None),
+        };
         let plan = PutPlan {
+            down: if stands_in_for.is_some() {
+                primaries.clone()
+            } else {
+                Vec::new()
+            },
             primaries,
             fallbacks: pref.fallbacks.iter().map(|o| o.node).collect(),
-            down: Vec::new(),
             coordinator,
+            stands_in_for,
             quorum: Quorum { total: W, primaries: 0 },
             replica_timeout_ms: REPLICA_TIMEOUT_MS,
             timeout_ms: REQUEST_TIMEOUT_MS,
@@ -515,8 +547,25 @@ impl Sim {
             value: (!delete).then(|| id.to_le_bytes().to_vec()),
         };
         let at = node_index(coordinator);
-        let actor = self.nodes[at].actor;
-        let local = self.nodes[at].store.get(&key).cloned().unwrap_or_default();
+        let (actor, local) = match stands_in_for {
+            None => (
+                self.nodes[at].actor,
+                self.nodes[at].store.get(&key).cloned().unwrap_or_default(),
+            ),
+            Some(target) => {
+                let partition = self.partition(key);
+                let actor = match self.nodes[at].fallback_actors.get(&partition) {
+                    Some((t, actor)) if *t == target => *actor,
+                    _ => {
+                        self.next_actor += 1;
+                        let actor = NodeId(self.next_actor);
+                        self.nodes[at].fallback_actors.insert(partition, (target, actor));
+                        actor
+                    }
+                };
+                (actor, self.hinted(at, key))
+            }
+        };
         let given = match &context {
             WriteContext::Given(vv) => Some(vv.clone()),
             WriteContext::Local => Some(local.context()),
@@ -536,7 +585,13 @@ impl Sim {
                 self.seed
             );
         }
-        self.store_write(at, key, object.clone());
+        match stands_in_for {
+            None => self.store_write(at, key, object.clone()),
+            Some(target) => {
+                let slot = self.nodes[at].hints.entry((target, key)).or_default();
+                *slot = slot.sync(&object);
+            }
+        }
         self.writes.push(WriteRecord {
             key,
             dot,
@@ -581,15 +636,33 @@ impl Sim {
             .copied()
             .filter(|p| self.nodes[node_index(*p)].up)
             .collect();
-        if up.is_empty() {
-            return None;
-        }
-        let coordinator = up[self.rng.random_range(0..up.len())];
-        let plan = GetPlan {
-            targets: primaries.iter().map(|p| Send { to: *p, hint_for: None }).collect(),
-            fallbacks: self.preference(key).fallbacks.iter().map(|o| o.node).collect(),
-            quorum: Quorum { total: r, primaries: 0 },
-            timeout_ms: REQUEST_TIMEOUT_MS,
+        let (coordinator, plan) = if up.is_empty() {
+            // No primary up: ask the fallbacks a write would have used,
+            // starting with the coordinator itself.
+            let fallbacks = self.up_fallbacks(key);
+            let coordinator = *fallbacks.first()?;
+            let plan = GetPlan {
+                targets: fallbacks
+                    .iter()
+                    .zip(&primaries)
+                    .map(|(f, p)| Send {
+                        to: *f,
+                        hint_for: Some(*p),
+                    })
+                    .collect(),
+                fallbacks: fallbacks.iter().skip(primaries.len()).copied().collect(),
+                quorum: Quorum { total: r, primaries: 0 },
+                timeout_ms: REQUEST_TIMEOUT_MS,
+            };
+            (coordinator, plan)
+        } else {
+            let plan = GetPlan {
+                targets: primaries.iter().map(|p| Send { to: *p, hint_for: None }).collect(),
+                fallbacks: self.preference(key).fallbacks.iter().map(|o| o.node).collect(),
+                quorum: Quorum { total: r, primaries: 0 },
+                timeout_ms: REQUEST_TIMEOUT_MS,
+            };
+            (up[self.rng.random_range(0..up.len())], plan)
         };
         let round_id = self.new_round();
         let (round, sends) = GetRound::start(&plan, self.now_ms);
@@ -718,6 +791,7 @@ impl Sim {
                 if node.up {
                     node.up = false;
                     node.rounds.clear();
+                    node.fallback_actors.clear();
                     // Unsynced writes are lost, newest first; the node
                     // then writes under a new actor id.
                     let lost = !node.unsynced.is_empty();

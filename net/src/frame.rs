@@ -28,7 +28,12 @@ pub const FLAG_SUPERSEDE_LOCAL: u8 = 0b0000_0010;
 /// partition transfers): the receiver runs them in its low-share task
 /// queue, behind client requests.
 pub const FLAG_BACKGROUND: u8 = 0b0000_0100;
-const FLAGS_KNOWN: u8 = FLAG_RESPONSE | FLAG_SUPERSEDE_LOCAL | FLAG_BACKGROUND;
+/// Flag on internode requests when every primary of the key is
+/// unreachable from the sender: a Get, Put or Delete is to be coordinated
+/// by the receiver as a fallback, and a ReplicaPut's hint holds a version
+/// no primary may have, so it must not expire.
+pub const FLAG_FALLBACK: u8 = 0b0000_1000;
+const FLAGS_KNOWN: u8 = FLAG_RESPONSE | FLAG_SUPERSEDE_LOCAL | FLAG_BACKGROUND | FLAG_FALLBACK;
 
 /// The fixed header. Little-endian, no implicit padding.
 #[repr(C)]

@@ -4,13 +4,16 @@
 //! The coordinator has already made the version and stored it locally when
 //! the round starts; that copy counts as the first ack.
 //!
-//! Only a primary coordinates. A version's new dot `(node, counter)` is
-//! only unique if the node still holds every dot it made for the key;
-//! a primary keeps them in its store, but a fallback hands its copy off and
-//! deletes it, and would later reuse a dot, making replicas that saw the old
-//! one drop the new write (the bug Riak tracked as kv679). So a write whose
-//! primaries are all unreachable fails rather than coordinating elsewhere;
-//! any one reachable primary keeps the key writable. A primary that is
+//! A primary coordinates while any primary is reachable. When none is,
+//! the first healthy fallback does (`PutPlan::stands_in_for`): it keeps its
+//! copy as a hint for the first primary, and the other fallbacks take the
+//! rest. A version's new dot `(writer, counter)` is only unique if the
+//! writer still holds every dot it made for the key; a primary keeps them
+//! in its store, but a fallback hands its copy off and deletes it, and would
+//! then reuse a dot, making replicas that saw the old one drop the new
+//! write (the bug Riak tracked as kv679). So a fallback writes under a
+//! writer id it renews whenever it deletes a hint of the partition (see the
+//! server's hint store). A primary that is
 //! known to be down, refuses, or does not answer within
 //! `replica_timeout_ms` is replaced by the next unused fallback, which gets
 //! the same version with a hint naming that primary (sloppy quorum). The
@@ -30,9 +33,12 @@ pub struct PutPlan {
     pub fallbacks: Vec<NodeId>,
     /// Nodes believed down now; their copies go straight to fallbacks.
     pub down: Vec<NodeId>,
-    /// The node running the round: a primary, which already holds the
-    /// version.
+    /// The node running the round, which already holds the version: a
+    /// primary, or a fallback when every primary is unreachable.
     pub coordinator: NodeId,
+    /// When the coordinator is a fallback: the primary whose hint holds its
+    /// copy. No other node is sent a copy for that primary.
+    pub stands_in_for: Option<NodeId>,
     /// W and pw.
     pub quorum: Quorum,
     /// How long one replica may take before a fallback replaces it.
@@ -94,7 +100,7 @@ impl PutRound {
                 .primaries
                 .iter()
                 .copied()
-                .filter(|p| *p != plan.coordinator)
+                .filter(|p| *p != plan.coordinator && Some(*p) != plan.stands_in_for)
                 .collect(),
             outcome: Decision::new(),
         };
@@ -103,7 +109,7 @@ impl PutRound {
         round.tally.count(plan.primaries.contains(&plan.coordinator));
         let mut sends = Vec::new();
         for &primary in &plan.primaries {
-            if primary == plan.coordinator {
+            if primary == plan.coordinator || Some(primary) == plan.stands_in_for {
                 continue;
             }
             let send = if plan.down.contains(&primary) {
@@ -276,6 +282,7 @@ mod tests {
             fallbacks: vec![NodeId(4), NodeId(5)],
             down: down.iter().map(|d| NodeId(*d)).collect(),
             coordinator: NodeId(1),
+            stands_in_for: None,
             quorum: Quorum { total: 2, primaries: 0 },
             replica_timeout_ms: 100,
             timeout_ms: 1000,
@@ -366,6 +373,41 @@ mod tests {
             ),
             "{outcome}"
         );
+    }
+
+    #[test]
+    fn a_fallback_coordinator_stands_in_for_the_first_primary_and_places_the_rest() {
+        // Every primary unreachable: node 4 coordinates, holding node 1's
+        // copy as a hint; node 5 takes node 2's, and nobody node 3's.
+        let mut p = plan(&[1, 2, 3]);
+        p.coordinator = NodeId(4);
+        p.stands_in_for = Some(NodeId(1));
+        let (mut round, sends) = PutRound::start(&p, 0);
+        assert_eq!(
+            sends,
+            vec![Send {
+                to: NodeId(5),
+                hint_for: Some(NodeId(2))
+            }]
+        );
+        assert_eq!(round.poll_outcome(), None, "its own copy is one of W = 2");
+        round.handle_reply(NodeId(5), true, 1);
+        assert_eq!(round.poll_outcome(), Some(Ok(())));
+        assert_eq!(
+            round.unplaced(),
+            vec![NodeId(3)],
+            "the coordinator keeps node 3's hint too"
+        );
+        assert!(round.is_finished(1));
+
+        // pw counts primaries only, which a fallback round never reaches.
+        p.quorum = Quorum { total: 1, primaries: 1 };
+        let (mut round, _) = PutRound::start(&p, 0);
+        round.handle_reply(NodeId(5), true, 1);
+        assert!(matches!(
+            round.poll_outcome(),
+            Some(Err(QuorumError::Unavailable { .. }))
+        ));
     }
 
     #[test]

@@ -12,13 +12,12 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use dynkv_net::{Head, Opcode, Status, FLAG_SUPERSEDE_LOCAL};
+use dynkv_net::{Head, Opcode, Status, FLAG_FALLBACK};
 use dynkv_ring::{NodeId, Owner};
 use futures::channel::oneshot;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::server::hints::unix_ms;
-use crate::server::link::LinkError;
 use crate::server::shard::{engine_failure, Op, Outcome, RequestOptions, Shard};
 use dynkv::cluster::replica::{coordinate, WriteContext};
 use dynkv::cluster::{GetPlan, GetRound, PutPlan, PutRound, Quorum, QuorumError, Send};
@@ -45,7 +44,7 @@ fn version_failure(err: VersionError) -> Outcome {
 impl Shard {
     /// The quorum for a request: the asked-for (or default) count, capped
     /// by the replicas the partition has.
-    fn quorum(&self, asked: u8, default: usize, primary: u8, replicas: usize) -> Quorum {
+    pub(crate) fn quorum(&self, asked: u8, default: usize, primary: u8, replicas: usize) -> Quorum {
         let total = if asked == 0 { default } else { usize::from(asked) };
         let total = total.clamp(1, replicas.max(1));
         Quorum {
@@ -67,29 +66,69 @@ impl Shard {
     ) -> Outcome {
         match op {
             Op::Get => self.coordinate_get(partition, key, options).await,
-            Op::Put | Op::Delete => {
-                if op == Op::Put && value.len() > self.config.value_max_bytes {
-                    let message = format!("value of {} bytes exceeds {}", value.len(), self.config.value_max_bytes);
-                    return Outcome::failed(Status::ValueTooLarge, message);
+            Op::Put | Op::Delete => match self.write_request(op, context, value, &options) {
+                Ok((write_context, sibling)) => {
+                    self.coordinate_put(partition, key, write_context, sibling, options)
+                        .await
                 }
-                let write_context = match self.seal.open(context) {
-                    Err(message) => return Outcome::failed(Status::BadRequest, message),
-                    Ok(_) if options.supersede_local => WriteContext::Local,
-                    Ok(Some(vv)) => WriteContext::Given(vv),
-                    // A delete without a context removes what the
-                    // coordinator holds; a blind put is concurrent.
-                    Ok(None) if op == Op::Delete => WriteContext::Local,
-                    Ok(None) => WriteContext::Blind,
-                };
-                let sibling = Sibling {
-                    timestamp_ms: unix_ms(),
-                    value: (op == Op::Put).then(|| value.to_vec()),
-                };
-                self.coordinate_put(partition, key, write_context, sibling, options)
-                    .await
-            }
+                Err(outcome) => outcome,
+            },
             Op::Stats | Op::ReplicaGet | Op::ReplicaPut | Op::Merkle | Op::Admin => unreachable!("routed elsewhere"),
         }
+    }
+
+    /// What a client's put or delete asks for: the versions it supersedes,
+    /// and the new sibling.
+    pub(crate) fn write_request(
+        &self,
+        op: Op,
+        context: &[u8],
+        value: &[u8],
+        options: &RequestOptions,
+    ) -> Result<(WriteContext, Sibling), Outcome> {
+        if op == Op::Put && value.len() > self.config.value_max_bytes {
+            let message = format!("value of {} bytes exceeds {}", value.len(), self.config.value_max_bytes);
+            return Err(Outcome::failed(Status::ValueTooLarge, message));
+        }
+        let write_context = match self.seal.open(context) {
+            Err(message) => return Err(Outcome::failed(Status::BadRequest, message)),
+            Ok(_) if options.supersede_local => WriteContext::Local,
+            Ok(Some(vv)) => WriteContext::Given(vv),
+            // A delete without a context removes what the coordinator
+            // holds; a blind put is concurrent.
+            Ok(None) if op == Op::Delete => WriteContext::Local,
+            Ok(None) => WriteContext::Blind,
+        };
+        let sibling = Sibling {
+            timestamp_ms: unix_ms(),
+            value: (op == Op::Put).then(|| value.to_vec()),
+        };
+        Ok((write_context, sibling))
+    }
+
+    /// The coordinator's new version of a key from what it holds (`local`),
+    /// written as `writer`, or why the client cannot have it.
+    pub(crate) fn new_version(
+        &self,
+        local: &Clock,
+        context: &WriteContext,
+        writer: NodeId,
+        sibling: Sibling,
+    ) -> Result<Clock, Outcome> {
+        let object = coordinate(local, context, writer, sibling, self.limits).map_err(version_failure)?;
+        // Half the stored limit, so that the merge of two replicas'
+        // diverged versions still fits.
+        let limit = self.config.object_max_bytes() / 2;
+        let bytes = object_bytes(&object).len();
+        if bytes > limit {
+            let message = format!(
+                "the key's {} siblings with this value take {bytes} bytes, more than {limit}; read the key and \
+                 write back with its context to resolve them",
+                object.sibling_count(),
+            );
+            return Err(Outcome::failed(Status::ValueTooLarge, message));
+        }
+        Ok(object)
     }
 
     async fn coordinate_put(
@@ -106,23 +145,11 @@ impl Shard {
                 Ok(clock) => clock,
                 Err(outcome) => return outcome,
             };
-            let object = match coordinate(&local, &context, self.actor, sibling, self.limits) {
+            let object = match self.new_version(&local, &context, self.actor, sibling) {
                 Ok(object) => object,
-                Err(err) => return version_failure(err),
+                Err(outcome) => return outcome,
             };
             let bytes = object_bytes(&object);
-            // Half the stored limit, so that the merge of two replicas'
-            // diverged versions still fits.
-            let limit = self.config.object_max_bytes() / 2;
-            if bytes.len() > limit {
-                let message = format!(
-                    "the key's {} siblings with this value take {} bytes, more than {limit}; read the key and \
-                     write back with its context to resolve them",
-                    object.sibling_count(),
-                    bytes.len()
-                );
-                return Outcome::failed(Status::ValueTooLarge, message);
-            }
             let staged = match self
                 .engine
                 .put_staged_marked(partition, key, &bytes, object.is_deleted())
@@ -160,7 +187,7 @@ impl Shard {
                                 .forward(usize::from(owner.shard), op, key, &[], &bytes, options)
                                 .await;
                         } else {
-                            let _ = self.hints.store(owner.node, partition, key, &object).await;
+                            let _ = self.hints.store(owner.node, partition, key, &object, false).await;
                         }
                     }
                 }
@@ -180,9 +207,16 @@ impl Shard {
             quorum: self.quorum(options.quorum, self.config.w, options.primary_quorum, primaries.len()),
             primaries,
             coordinator: self.me,
+            stands_in_for: None,
             replica_timeout_ms: self.config.replica_timeout_ms,
             timeout_ms: self.request_timeout(&options).as_millis() as u64,
         };
+        self.run_put(plan, partition, key, object).await
+    }
+
+    /// Runs a put round (in a task of its own, which goes on placing copies
+    /// after the client is answered) and returns the client's answer.
+    pub(crate) async fn run_put(self: &Rc<Self>, plan: PutPlan, partition: u32, key: &[u8], object: Clock) -> Outcome {
         let (answer, outcome) = oneshot::channel();
         let shard = self.clone();
         let key = key.to_vec();
@@ -227,11 +261,15 @@ impl Shard {
         answer: oneshot::Sender<Result<(), QuorumError>>,
     ) {
         let bytes = object_bytes(&object);
+        // A fallback's round: no primary may get this version for a while,
+        // so every copy is a hint that must not expire.
+        let fallback_round = plan.stands_in_for.is_some();
+        let flags = if fallback_round { FLAG_FALLBACK } else { 0 };
         let (mut round, sends) = PutRound::start(&plan, self.now_ms());
         let mut answer = Some(answer);
         let mut inflight = FuturesUnordered::new();
         for send in sends {
-            inflight.push(self.replica_put(send, partition, &key, &bytes));
+            inflight.push(self.replica_put_flagged(send, partition, &key, &bytes, flags));
         }
         loop {
             if let Some(outcome) = round.poll_outcome() {
@@ -253,14 +291,17 @@ impl Shard {
                 Some(None) | None => round.handle_tick(self.now_ms()),
             };
             for send in sends {
-                inflight.push(self.replica_put(send, partition, &key, &bytes));
+                inflight.push(self.replica_put_flagged(send, partition, &key, &bytes, flags));
             }
         }
         drop(inflight);
         for primary in round.unplaced() {
             // Refusal (a full store) is counted and logged by the store;
             // anti-entropy repairs what a lost hint carried.
-            let _ = self.hints.store(primary, partition, &key, &object).await;
+            let _ = self
+                .hints
+                .store(primary, partition, &key, &object, fallback_round)
+                .await;
         }
     }
 
@@ -291,15 +332,27 @@ impl Shard {
                 .await
                 .is_ok_and(|r| r.status == Status::Ok as u8);
             if !stored {
-                let _ = self.hints.store(owner.node, partition, key, object).await;
+                let _ = self.hints.store(owner.node, partition, key, object, false).await;
             }
         }
     }
 
     /// Sends a version to one replica (or fallback); true if it stored it.
     pub(crate) async fn replica_put(&self, send: Send, partition: u32, key: &[u8], object: &[u8]) -> (NodeId, bool) {
+        self.replica_put_flagged(send, partition, key, object, 0).await
+    }
+
+    /// [`Shard::replica_put`] with header flags.
+    async fn replica_put_flagged(
+        &self,
+        send: Send,
+        partition: u32,
+        key: &[u8],
+        object: &[u8],
+        flags: u8,
+    ) -> (NodeId, bool) {
         let ok = self
-            .call_replica(Opcode::ReplicaPut, send, partition, key, object)
+            .call_replica_flagged(Opcode::ReplicaPut, send, partition, key, object, flags)
             .await
             .is_ok_and(|r| r.status == Status::Ok as u8);
         (send.to, ok)
@@ -389,6 +442,12 @@ impl Shard {
             ),
             timeout_ms: self.request_timeout(&options).as_millis() as u64,
         };
+        self.run_get(plan, partition, key).await
+    }
+
+    /// Runs a get round (in a task of its own, which goes on to read repair
+    /// after the client is answered) and returns the client's answer.
+    pub(crate) async fn run_get(self: &Rc<Self>, plan: GetPlan, partition: u32, key: &[u8]) -> Outcome {
         let (answer, outcome) = oneshot::channel();
         let shard = self.clone();
         let key = key.to_vec();
@@ -440,7 +499,18 @@ impl Shard {
         for send in repairs {
             self.counters.read_repairs.set(self.counters.read_repairs.get() + 1);
             if send.to == self.me {
-                let _ = self.absorb_local(partition, &key, round.merged()).await;
+                let _ = match send.hint_for {
+                    None => self.absorb_local(partition, &key, round.merged()).await,
+                    // A fallback round: this shard holds the hints.
+                    Some(target) => {
+                        let options = RequestOptions {
+                            hint_for: Some(target),
+                            ..RequestOptions::default()
+                        };
+                        self.replica_local(Op::ReplicaPut, partition, &key, &bytes, options)
+                            .await
+                    }
+                };
             } else {
                 let _ = self.replica_put(send, partition, &key, &bytes).await;
             }
@@ -449,8 +519,17 @@ impl Shard {
 
     /// Reads one replica's version: `None` if it failed.
     async fn replica_get(&self, send: Send, partition: u32, key: &[u8]) -> (NodeId, Option<Clock>) {
-        if send.to == self.me && send.hint_for.is_none() {
-            return (send.to, self.read_local(partition, key).await.ok());
+        if send.to == self.me {
+            // A primary's round reads its store; a fallback's, its hints.
+            let options = RequestOptions {
+                hint_for: send.hint_for,
+                ..RequestOptions::default()
+            };
+            let clock = match self.replica_local(Op::ReplicaGet, partition, key, &[], options).await {
+                Outcome::Object(clock) => Some(*clock),
+                _ => None,
+            };
+            return (send.to, clock);
         }
         let reply = self.call_replica(Opcode::ReplicaGet, send, partition, key, &[]).await;
         let clock = match reply {
@@ -459,90 +538,5 @@ impl Shard {
             _ => None,
         };
         (send.to, clock)
-    }
-
-    /// Forwards a client request to a primary's owning shard, trying the
-    /// primaries in preference order.
-    pub(crate) async fn forward_to_primary(
-        &self,
-        op: Op,
-        partition: u32,
-        key: &[u8],
-        context: &[u8],
-        value: &[u8],
-        options: RequestOptions,
-    ) -> Outcome {
-        let opcode = match op {
-            Op::Get => Opcode::Get,
-            Op::Put => Opcode::Put,
-            Op::Delete => Opcode::Delete,
-            _ => unreachable!("only client requests are forwarded to a primary"),
-        };
-        let view = self.view();
-        let timeout = self.request_timeout(&options);
-        let head = Head {
-            flags: if options.supersede_local {
-                FLAG_SUPERSEDE_LOCAL
-            } else {
-                0
-            },
-            quorum: options.quorum,
-            primary_quorum: options.primary_quorum,
-            timeout_ms: timeout.as_millis() as u32,
-            ..Head::request(opcode, 0)
-        };
-        let deadline = std::time::Instant::now() + timeout;
-        let mut last = String::from("no primary");
-        // Primaries held down go last: a write sent to one that does not
-        // answer cannot be retried elsewhere.
-        let mut primaries = view.primaries(partition).to_vec();
-        primaries.sort_by_key(|o| self.is_down(o.node));
-        for owner in &primaries {
-            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            let addr = view.internode_addr(owner.node, owner.shard);
-            let reply = self
-                .links
-                .call(owner.node, owner.shard, addr, head, (key, context, value), remaining)
-                .await;
-            match reply {
-                // Another view of ownership: nothing was done, try the next.
-                Ok(r) if r.status == Status::NotPrimary as u8 => {
-                    last = String::from_utf8_lossy(&r.value).into_owned();
-                }
-                Ok(r) => return relayed(op, r),
-                // Not sent at all: safe to try the next primary.
-                Err(err @ (LinkError::Down { .. } | LinkError::NoAddress { .. })) => last = err.to_string(),
-                // Sent, fate unknown: a read may ask elsewhere, but a write
-                // retried elsewhere could be applied twice (a blind write
-                // would then show up as two siblings).
-                Err(err) if op == Op::Get => last = err.to_string(),
-                Err(err) => {
-                    return Outcome::failed(Status::Timeout, format!("the coordinator did not answer: {err}"));
-                }
-            }
-        }
-        Outcome::failed(
-            Status::Unavailable,
-            format!("no primary of partition {partition} answered: {last}"),
-        )
-    }
-}
-
-/// The outcome a primary sent back for a forwarded request.
-fn relayed(op: Op, response: dynkv_net::Response) -> Outcome {
-    match Status::from_u8(response.status) {
-        Some(Status::Ok) if op == Op::Get => match decode_object(&response.value) {
-            Ok(clock) => Outcome::Object(Box::new(clock)),
-            Err(err) => Outcome::failed(Status::Internal, format!("a primary sent a bad object: {err}")),
-        },
-        Some(Status::Ok) => Outcome::Done,
-        Some(status) => Outcome::failed(status, String::from_utf8_lossy(&response.value)),
-        None => Outcome::failed(
-            Status::Internal,
-            format!("a primary answered status {}", response.status),
-        ),
     }
 }

@@ -3,19 +3,33 @@
 //! once the primary answers again.
 //!
 //! A hint is stored under `target node id (u64 BE) | key` in the key's
-//! partition; its value is `stored_unix_ms (u64 LE) | object`. Hints for one
-//! target and key merge (DVV sync), so a fallback holds at most one per key
-//! and target. Bounds: the store refuses new hints past `hints_max_mib` of
-//! live data, and delivery drops hints older than `hint_age_max_ms`; both
-//! are counted and logged, and anti-entropy repairs what they carried.
+//! partition; its value is `stored (u64 LE) | object`, where `stored` is
+//! the Unix time in ms with bit 63 set for a *kept* hint (below). Hints for
+//! one target and key merge (DVV sync), so a fallback holds at most one per
+//! key and target. Bounds: the store refuses new hints past `hints_max_mib`
+//! of live data, and delivery drops hints older than `hint_age_max_ms`;
+//! both are counted and logged, and anti-entropy repairs what they carried.
+//! A kept hint holds a version written while every primary was
+//! unreachable, which no primary may have, so it is never dropped for its
+//! age: anti-entropy could not repair it.
 //!
 //! Delivery runs in a low-share task queue: a pass every
 //! `handoff_interval_ms` walks the hints, skips targets that are down, sends
 //! each to its primary, and deletes it only after the primary acknowledged
 //! it and only if no newer version joined the hint meanwhile. A crash at
 //! any point leaves the hint in place, so delivery resumes where it stopped.
+//!
+//! When every primary of a key is unreachable, a fallback coordinates its
+//! writes (`src/server/fallback.rs`) and keeps its copy here, as a hint for
+//! the first primary. Such versions need a writer id of their own: a
+//! writer's new dot covers all its earlier dots on the key, which is only
+//! true while the writer holds them, and a fallback deletes its hints after
+//! delivery. So the store hands out a fresh random writer id per partition
+//! and forgets it (before deleting) whenever it deletes a hint of that
+//! partition; a restart forgets them all.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +59,9 @@ pub(crate) struct HintStore {
     /// Where the next delivery pass starts, so hints that keep failing at
     /// the front cannot starve the rest.
     next_partition: Cell<u32>,
+    /// Per partition: the primary whose hints hold the versions this shard
+    /// coordinated as a fallback, and the writer id it stamped on them.
+    fallback_writers: RefCell<HashMap<u32, (NodeId, NodeId)>>,
 }
 
 /// One stored hint, as delivery sees it.
@@ -53,6 +70,8 @@ pub(crate) struct Hint {
     pub(crate) partition: u32,
     pub(crate) key: Vec<u8>,
     pub(crate) stored_unix_ms: u64,
+    /// Never expires (it holds a write no primary may have).
+    pub(crate) keep: bool,
     /// The stored bytes (timestamp and object), to tell whether the hint
     /// changed while it was being delivered.
     pub(crate) raw: bytes::Bytes,
@@ -68,6 +87,15 @@ pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+}
+
+/// Bit 63 of a hint's stored time: the hint is kept whatever its age.
+const KEEP_BIT: u64 = 1 << 63;
+
+/// A stored hint value's time (Unix ms) and keep flag.
+fn stored_time(value: &[u8]) -> (u64, bool) {
+    let stored = u64::from_le_bytes(value[..8].try_into().expect("8 bytes"));
+    (stored & !KEEP_BIT, stored & KEEP_BIT != 0)
 }
 
 fn hint_key(target: NodeId, key: &[u8]) -> Vec<u8> {
@@ -86,6 +114,7 @@ impl HintStore {
             age_max_ms,
             counters: HintCounters::default(),
             next_partition: Cell::new(0),
+            fallback_writers: RefCell::new(HashMap::new()),
         }
     }
 
@@ -97,18 +126,66 @@ impl HintStore {
 
     /// The version held for `target` of `key` (empty if none).
     pub(crate) async fn read(&self, target: NodeId, partition: u32, key: &[u8]) -> Result<Clock, String> {
+        Ok(self.read_stored(target, partition, key).await?.0)
+    }
+
+    /// [`HintStore::read`], with whether the hint is kept.
+    async fn read_stored(&self, target: NodeId, partition: u32, key: &[u8]) -> Result<(Clock, bool), String> {
         match self.engine.get(partition, &hint_key(target, key)).await {
             Ok(Some(record)) if !record.tombstone && record.value.len() >= 8 => {
-                decode_object(&record.value[8..]).map_err(|e| format!("stored hint is corrupt: {e}"))
+                let clock = decode_object(&record.value[8..]).map_err(|e| format!("stored hint is corrupt: {e}"))?;
+                Ok((clock, stored_time(&record.value).1))
             }
-            Ok(_) => Ok(Clock::new()),
+            Ok(_) => Ok((Clock::new(), false)),
             Err(e) => Err(e.to_string()),
         }
     }
 
-    /// Merges `object` into the hint for `target`. Refused (and counted)
-    /// when the store is full.
-    pub(crate) async fn store(&self, target: NodeId, partition: u32, key: &[u8], object: &Clock) -> Result<(), String> {
+    /// The merge of the hints for `key` held for any of `targets`: what this
+    /// shard, as a fallback, knows of the key.
+    pub(crate) async fn read_any(&self, targets: &[NodeId], partition: u32, key: &[u8]) -> Result<Clock, String> {
+        let mut merged = Clock::new();
+        for target in targets {
+            let hint = self.read(*target, partition, key).await?;
+            if !hint.is_empty() {
+                merged = merged.sync(&hint);
+            }
+        }
+        Ok(merged)
+    }
+
+    /// The writer id for a version of `partition` this shard coordinates as
+    /// a fallback and keeps in its hint for `target`. Read it after reading
+    /// the key's hint (with no await in between): a hint deleted before that
+    /// read ended has already retired the id.
+    pub(crate) fn fallback_writer(&self, partition: u32, target: NodeId) -> Result<NodeId, String> {
+        let mut writers = self.fallback_writers.borrow_mut();
+        if let Some((t, writer)) = writers.get(&partition) {
+            if *t == target {
+                return Ok(*writer);
+            }
+        }
+        let writer = loop {
+            let id = getrandom::u64().map_err(|e| format!("no randomness for a writer id: {e}"))?;
+            if id != 0 {
+                break NodeId(id);
+            }
+        };
+        writers.insert(partition, (target, writer));
+        Ok(writer)
+    }
+
+    /// Merges `object` into the hint for `target`; `keep` (which sticks)
+    /// exempts the hint from expiry. Refused (and counted) when the store is
+    /// full.
+    pub(crate) async fn store(
+        &self,
+        target: NodeId,
+        partition: u32,
+        key: &[u8],
+        object: &Clock,
+        keep: bool,
+    ) -> Result<(), String> {
         let (_, bytes) = self.pending();
         if bytes >= self.bytes_max {
             let dropped = self.counters.dropped_full.get() + 1;
@@ -124,7 +201,8 @@ impl HintStore {
         }
         let hkey = hint_key(target, key);
         let _guard = self.locks.lock(&hkey).await;
-        let merged = self.read(target, partition, key).await?.sync(object);
+        let (held, kept) = self.read_stored(target, partition, key).await?;
+        let merged = held.sync(object);
         if !merged.fits(CLOCK_NODES_MAX, OBJECT_SIBLINGS_MAX) {
             return Err(format!(
                 "the hint would hold {} siblings, past the limit {OBJECT_SIBLINGS_MAX}",
@@ -132,7 +210,8 @@ impl HintStore {
             ));
         }
         let mut value = Vec::with_capacity(8 + 64);
-        value.extend_from_slice(&unix_ms().to_le_bytes());
+        let stored = if keep || kept { unix_ms() | KEEP_BIT } else { unix_ms() };
+        value.extend_from_slice(&stored.to_le_bytes());
         value.extend_from_slice(&object_bytes(&merged));
         let staged = self
             .engine
@@ -175,7 +254,8 @@ impl HintStore {
                     target: NodeId(u64::from_be_bytes(info.key[..8].try_into().expect("8 bytes"))),
                     partition,
                     key: info.key[8..].to_vec(),
-                    stored_unix_ms: u64::from_le_bytes(record.value[..8].try_into().expect("8 bytes")),
+                    stored_unix_ms: stored_time(&record.value).0,
+                    keep: stored_time(&record.value).1,
                     raw: record.value,
                 });
             }
@@ -193,6 +273,9 @@ impl HintStore {
             Ok(_) => return Ok(false),
             Err(e) => return Err(e.to_string()),
         }
+        // Before the delete: a fallback write that reads the key after it
+        // must not continue a writer id whose dots it no longer holds.
+        self.fallback_writers.borrow_mut().remove(&hint.partition);
         let seq = self
             .engine
             .delete(hint.partition, &hkey, &[])
@@ -234,7 +317,7 @@ pub(crate) async fn handoff_loop(shard: Rc<Shard>) {
 async fn deliver(shard: &Rc<Shard>, hint: &Hint) -> bool {
     let hints = &shard.hints;
     let age_ms = unix_ms().saturating_sub(hint.stored_unix_ms);
-    if age_ms > hints.age_max_ms {
+    if age_ms > hints.age_max_ms && !hint.keep {
         if let Ok(true) = hints.remove_if_unchanged(hint).await {
             let expired = hints.counters.expired.get() + 1;
             hints.counters.expired.set(expired);

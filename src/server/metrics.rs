@@ -25,6 +25,9 @@ pub(crate) struct ShardCounters {
     errors: Cell<u64>,
     pub(crate) forwarded: Cell<u64>,
     pub(crate) read_repairs: Cell<u64>,
+    /// Client requests this shard coordinated as a fallback, every primary
+    /// of the key being unreachable.
+    pub(crate) fallback_coordinated: Cell<u64>,
     /// Anti-entropy: partition comparisons with a peer, those whose roots
     /// differed, keys repaired, and passes over the shard's partitions.
     pub(crate) ae_compared: Cell<u64>,
@@ -54,6 +57,7 @@ pub(crate) struct CountersSnapshot {
     pub(crate) errors: u64,
     pub(crate) forwarded: u64,
     pub(crate) read_repairs: u64,
+    pub(crate) fallback_coordinated: u64,
     pub(crate) ae: [u64; 6],
     pub(crate) moves: [u64; 5],
     pub(crate) latency: [u64; LATENCY_BUCKETS_US.len() + 1],
@@ -105,6 +109,7 @@ impl ShardCounters {
             errors: self.errors.get(),
             forwarded: self.forwarded.get(),
             read_repairs: self.read_repairs.get(),
+            fallback_coordinated: self.fallback_coordinated.get(),
             ae: [
                 self.ae_compared.get(),
                 self.ae_differing.get(),
@@ -175,6 +180,13 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
         "counter",
         "Replicas sent the merged version after a read found them behind.",
         &mut reports.iter().map(|r| (shard(r), r.counters.read_repairs)),
+    );
+    metric(
+        &mut out,
+        "dynkv_fallback_coordinated_total",
+        "counter",
+        "Client requests coordinated by this shard as a fallback, every primary of the key being unreachable.",
+        &mut reports.iter().map(|r| (shard(r), r.counters.fallback_coordinated)),
     );
     let anti_entropy = [
         (

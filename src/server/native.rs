@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use dynkv_net::{
     decode, encode, encode_siblings, Decoded, Frame, FrameLimits, Head, Opcode, Sibling, Status, FLAG_BACKGROUND,
-    FLAG_SUPERSEDE_LOCAL,
+    FLAG_FALLBACK, FLAG_SUPERSEDE_LOCAL,
 };
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -136,6 +136,8 @@ fn options(frame: &Frame<'_>, port: Port) -> Result<RequestOptions, String> {
         supersede_local: frame.header.flags & FLAG_SUPERSEDE_LOCAL != 0,
         hint_for,
         from_peer: port == Port::Internode,
+        // Only a peer may ask for fallback coordination.
+        as_fallback: port == Port::Internode && frame.header.flags & FLAG_FALLBACK != 0,
     })
 }
 

@@ -25,7 +25,14 @@ impl Shard {
                 Ok(clock) => Outcome::Object(Box::new(clock)),
                 Err(outcome) => outcome,
             },
-            (Op::ReplicaGet, Some(target)) => match self.hints.read(target, partition, key).await {
+            // Everything held for the key's primaries: a fallback round's
+            // copies are spread over them in whatever order its coordinator
+            // saw the fallbacks.
+            (Op::ReplicaGet, Some(target)) => match self
+                .hints
+                .read_any(&self.hint_targets(partition, target), partition, key)
+                .await
+            {
                 Ok(clock) => Outcome::Object(Box::new(clock)),
                 Err(message) => Outcome::failed(Status::Internal, message),
             },
@@ -36,7 +43,11 @@ impl Shard {
                 };
                 match hint_for {
                     None => self.absorb_local(partition, key, &incoming).await,
-                    Some(target) => match self.hints.store(target, partition, key, &incoming).await {
+                    Some(target) => match self
+                        .hints
+                        .store(target, partition, key, &incoming, options.as_fallback)
+                        .await
+                    {
                         Ok(()) => Outcome::Done,
                         Err(message) => Outcome::failed(Status::Overloaded, message),
                     },

@@ -135,6 +135,7 @@ const RESP_WRITE: RequestOptions = RequestOptions {
     supersede_local: true,
     hint_for: None,
     from_peer: false,
+    as_fallback: false,
 };
 
 /// A key's value as Redis clients see it: siblings reduced by the

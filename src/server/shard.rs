@@ -72,6 +72,11 @@ pub(crate) struct RequestOptions {
     /// The request came from another node, which already chose this one as
     /// coordinator; it is never forwarded again.
     pub(crate) from_peer: bool,
+    /// Every primary of the key is unreachable from the sender: a client
+    /// request is coordinated here as a fallback (unless this node is a
+    /// primary after all), and a replica put's hint is kept whatever its
+    /// age.
+    pub(crate) as_fallback: bool,
 }
 
 /// The answer to a request; `Send`, so it can cross shards.
@@ -358,6 +363,16 @@ impl Shard {
             Some(shard) => {
                 self.counters.forwarded.set(self.counters.forwarded.get() + 1);
                 self.forward(usize::from(shard), op, key, context, value, options).await
+            }
+            // A peer reached no primary: this node coordinates as a
+            // fallback, on the shard that keeps the partition's hints.
+            None if options.as_fallback && matches!(op, Op::Get | Op::Put | Op::Delete) => {
+                let shard = view.shard_of(self.me, partition);
+                if usize::from(shard) == self.id {
+                    Box::pin(self.coordinate_as_fallback(op, partition, key, context, value, options)).await
+                } else {
+                    self.forward(usize::from(shard), op, key, context, value, options).await
+                }
             }
             None if matches!(op, Op::ReplicaGet | Op::ReplicaPut) || options.from_peer => Outcome::failed(
                 Status::NotPrimary,
