@@ -89,8 +89,10 @@ pub(crate) struct ServeConfig {
     /// every this many ms, repairing at most this many keys per second.
     pub(crate) anti_entropy_partition_pause_ms: u64,
     pub(crate) anti_entropy_keys_per_second_max: u64,
-    /// Pause between gossip rounds with every known member.
+    /// Pause between gossip rounds, and members contacted per round (at
+    /// random).
     pub(crate) gossip_interval_ms: u64,
+    pub(crate) gossip_fanout: usize,
     /// Keys per second at most that a shard copies into a partition it is
     /// receiving (join, leave, remove).
     pub(crate) transfer_keys_per_second_max: u64,
@@ -138,6 +140,7 @@ impl Default for ServeConfig {
             anti_entropy_partition_pause_ms: 100,
             anti_entropy_keys_per_second_max: 1_000,
             gossip_interval_ms: 1_000,
+            gossip_fanout: 3,
             transfer_keys_per_second_max: 20_000,
             ownership_drop_delay_ms: 10_000,
         }
@@ -307,9 +310,12 @@ impl ServeConfig {
             || self.handoff_interval_ms == 0
             || self.handoff_per_second_max == 0
             || self.gossip_interval_ms == 0
+            || self.gossip_fanout == 0
             || self.transfer_keys_per_second_max == 0
         {
-            return Err("the handoff and anti-entropy intervals and rates must be positive".into());
+            return Err(
+                "the handoff, anti-entropy and gossip intervals and rates, and gossip_fanout, must be positive".into(),
+            );
         }
         if let Some(advertise) = &self.advertise {
             let addr = advertise

@@ -16,6 +16,7 @@
 //!   a partition, from their Merkle trees.
 
 mod get;
+pub mod heartbeats;
 pub mod liveness;
 pub mod merkle_sync;
 mod put;

@@ -84,6 +84,20 @@ impl Links {
         }
     }
 
+    /// Ends the backoff of every link to `node`: the failure detector heard
+    /// from it again, so the next call dials at once instead of waiting out
+    /// a pause that grew while it was away (up to `BACKOFF_MAX_MS`), which
+    /// would hold back its hints and repairs.
+    pub(crate) fn node_is_back(&self, node: NodeId) {
+        for ((peer, _), link) in self.links.borrow().iter() {
+            if *peer == node {
+                link.down_until.set(None);
+                link.backoff_ms.set(BACKOFF_MIN_MS);
+            }
+        }
+        self.down_until.borrow_mut().remove(&node);
+    }
+
     /// True if a link to `node` is backing off after a failure.
     pub(crate) fn is_down(&self, node: NodeId) -> bool {
         let down = self.down_until.borrow();

@@ -1,34 +1,15 @@
-//! Membership and liveness, kept by shard 0: gossip with the configured
-//! seeds (`peers`) and every known member, and a failure detector.
-//!
-//! At start the node loads the membership it last knew from its data
-//! directory and adds its own record (with a raised incarnation, so a
-//! changed address wins). Every `gossip_interval_ms` it exchanges with each
-//! known member over its persistent internode link, digest first: a peer
-//! whose digest matches answers "same"; otherwise the full states are
-//! swapped and merged (push-pull). Seeds not yet known by id get the full
-//! state over a fresh authenticated connection. Any change is written back
-//! to the data directory and sent to every shard as a new [`ClusterView`].
-//!
-//! Every exchange, either way, counts as hearing from that peer; a phi-
-//! accrual detector per peer (`dynkv::cluster::liveness`) turns silence into
-//! "down", and the down set goes to every shard, whose coordinators then
-//! send that node's copies straight to fallbacks. Contacting every member
-//! each round suits clusters of tens of nodes; larger ones want a random
-//! subset (Dynamo's one peer a second).
-
 //! Membership, ownership and liveness, kept by shard 0: gossip with the
-//! configured seeds (`peers`, `join`) and every known member, a failure
+//! configured seeds (`peers`, `join`) and random members, a failure
 //! detector, and the claimant's ownership changes.
 //!
 //! At start the node loads the membership and ownership it last knew from
 //! its data directory and adds its own record (with a raised incarnation,
 //! so a changed address wins). Every `gossip_interval_ms` it exchanges with
-//! each known member over its persistent internode link, digest first: a
-//! peer whose digest matches answers "same"; otherwise the full states
-//! (membership and ownership) are swapped and merged (push-pull). Seeds
-//! not yet known by id get the full state over a fresh authenticated
-//! connection. Any change is written back to the data directory and sent
+//! `gossip_fanout` members chosen at random, over its persistent internode
+//! links, digest first: a peer whose digest matches answers "same";
+//! otherwise the full states (membership and ownership) are swapped and
+//! merged (push-pull). Seeds not yet known by id get the full state over a
+//! fresh authenticated connection. Any change is written back to the data directory and sent
 //! to every shard as a new [`ClusterView`].
 //!
 //! Ownership (`dynkv_ring::Ownership`) starts from a *genesis* table every
@@ -38,12 +19,12 @@
 //! plans or commits ownership changes; incoming replicas confirm their
 //! partitions through [`Members::confirm`].
 //!
-//! Every exchange, either way, counts as hearing from that peer; a phi-
-//! accrual detector per peer (`dynkv::cluster::liveness`) turns silence into
-//! "down", and the down set goes to every shard, whose coordinators then
-//! send that node's copies straight to fallbacks. Contacting every member
-//! each round suits clusters of tens of nodes; larger ones want a random
-//! subset (Dynamo's one peer a second).
+//! Every exchange, either way, also carries the sender's table of
+//! heartbeats (`dynkv::cluster::heartbeats`): each node raises its own beat
+//! every round, and a node whose beat rose was heard from, whoever relayed
+//! it. A phi-accrual detector per peer (`dynkv::cluster::liveness`) turns
+//! silence into "down", and the down set goes to every shard, whose
+//! coordinators then send that node's copies straight to fallbacks.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
@@ -53,6 +34,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynkv::cluster::heartbeats::{choose_peers, Heartbeats};
 use dynkv::cluster::liveness::FailureDetector;
 use dynkv_net::{ClientOptions, Connection, Head, Opcode, Status};
 use dynkv_ring::{claim, Lifecycle, Liveness, Membership, NodeId, NodeRecord, Ownership, PartitionCount, ZoneId};
@@ -93,6 +75,11 @@ pub(crate) struct Members {
     membership: RefCell<Membership>,
     ownership: RefCell<Option<Ownership>>,
     detector: RefCell<FailureDetector>,
+    heartbeats: RefCell<Heartbeats>,
+    /// Members contacted per round, and the state of the generator that
+    /// picks them (xorshift64, seeded at random).
+    gossip_fanout: usize,
+    peer_picker: Cell<u64>,
     /// The down set last sent to the shards.
     down: RefCell<Vec<NodeId>>,
     gossip_interval_ms: u64,
@@ -205,6 +192,9 @@ impl Members {
             membership: RefCell::new(membership),
             ownership: RefCell::new(ownership),
             detector: RefCell::new(FailureDetector::new(dynkv_ring::PhiConfig::default())),
+            heartbeats: RefCell::new(Heartbeats::default()),
+            gossip_fanout: config.gossip_fanout,
+            peer_picker: Cell::new(getrandom::u64().map_err(|e| format!("no randomness for gossip: {e}"))? | 1),
             down: RefCell::new(Vec::new()),
             gossip_interval_ms: config.gossip_interval_ms,
             generation: Cell::new(0),
@@ -356,10 +346,11 @@ impl Members {
         }
         Ok(())
     }
-    /// A gossip request: `sender u64 | kind u8 | payload`.
+    /// A gossip request: `sender u64 | kind u8 | heartbeats | payload`.
     fn request(&self, kind: u8) -> Vec<u8> {
         let mut out = self.me.0.to_le_bytes().to_vec();
         out.push(kind);
+        self.heartbeats.borrow().encode(self.me, &mut out);
         match kind {
             GOSSIP_DIGEST => out.extend_from_slice(&self.digest().to_le_bytes()),
             _ => out.extend_from_slice(&self.encoded()),
@@ -367,14 +358,29 @@ impl Members {
         out
     }
 
-    /// Answers a peer's gossip request (on shard 0): records that the
-    /// sender was heard, merges a full state, and answers "same" or ours.
+    /// Takes a peer's heartbeats: the nodes whose beat rose were heard.
+    fn take_heartbeats(&self, shard: &Shard, beats: &[(NodeId, u64)]) {
+        let heard = {
+            let membership = self.membership.borrow();
+            self.heartbeats
+                .borrow_mut()
+                .merge(beats, self.me, |node| membership.get(node).is_some())
+        };
+        let now = shard.now_ms();
+        let mut detector = self.detector.borrow_mut();
+        for node in heard {
+            detector.heard(node, now);
+        }
+    }
+
+    /// Answers a peer's gossip request (on shard 0): merges its heartbeats
+    /// and any full state, and answers "same" or ours, with our heartbeats.
     pub(crate) async fn answer(&self, shard: &Shard, request: &[u8]) -> Result<Vec<u8>, String> {
         if request.len() < 9 {
             return Err("a gossip request starts with the sender's id and a kind".into());
         }
-        let sender = NodeId(u64::from_le_bytes(request[..8].try_into().expect("8 bytes")));
-        let (kind, payload) = (request[8], &request[9..]);
+        let kind = request[8];
+        let (beats, payload) = Heartbeats::decode(&request[9..])?;
         let same = match kind {
             GOSSIP_DIGEST if payload.len() == 8 => {
                 u64::from_le_bytes(payload.try_into().expect("8 bytes")) == self.digest()
@@ -385,29 +391,31 @@ impl Members {
             }
             _ => return Err(format!("unknown gossip kind {kind}")),
         };
-        if self.membership.borrow().get(sender).is_some() {
-            self.detector.borrow_mut().heard(sender, shard.now_ms());
+        // After the state: a sender that just joined is known now.
+        self.take_heartbeats(shard, &beats);
+        let mut out = vec![if same { GOSSIP_SAME } else { GOSSIP_FULL }];
+        self.heartbeats.borrow().encode(self.me, &mut out);
+        if !same {
+            out.extend_from_slice(&self.encoded());
         }
-        Ok(if same { vec![GOSSIP_SAME] } else { self.request_reply() })
-    }
-
-    fn request_reply(&self) -> Vec<u8> {
-        let mut out = vec![GOSSIP_FULL];
-        out.extend_from_slice(&self.encoded());
-        out
+        Ok(out)
     }
 
     /// Takes a reply: merges a full state; true if the peer's state lacked
     /// something ours has (so ours should be pushed).
     async fn take_reply(&self, shard: &Shard, reply: &[u8]) -> Result<bool, String> {
-        match reply.split_first() {
-            Some((&GOSSIP_SAME, [])) => Ok(false),
-            Some((&GOSSIP_FULL, payload)) => {
+        let (&kind, rest) = reply.split_first().ok_or("an empty gossip reply")?;
+        let (beats, payload) = Heartbeats::decode(rest)?;
+        let differs = match (kind, payload) {
+            (GOSSIP_SAME, []) => false,
+            (GOSSIP_FULL, payload) => {
                 self.merge_full(shard, payload).await?;
-                Ok(payload != self.encoded())
+                payload != self.encoded()
             }
-            _ => Err("malformed gossip reply".into()),
-        }
+            _ => return Err("malformed gossip reply".into()),
+        };
+        self.take_heartbeats(shard, &beats);
+        Ok(differs)
     }
 
     /// One round with a known member over its persistent link: digest,
@@ -428,7 +436,6 @@ impl Members {
                 .await
         };
         let reply = call(self.request(GOSSIP_DIGEST)).await?;
-        self.detector.borrow_mut().heard(node, shard.now_ms());
         if self.take_reply(shard, &reply).await? {
             let reply = call(self.request(GOSSIP_FULL)).await?;
             self.take_reply(shard, &reply).await?;
@@ -481,9 +488,28 @@ impl Members {
         (known.iter().map(|r| r.id).collect(), seeds)
     }
 
+    /// Starts a round: raises this node's heartbeat, and picks the members
+    /// to contact among `peers`.
+    fn start_round(&self, peers: &[NodeId]) -> Vec<NodeId> {
+        self.heartbeats
+            .borrow_mut()
+            .beat(self.me, crate::server::hints::unix_ms());
+        choose_peers(peers, self.gossip_fanout, || {
+            let mut x = self.peer_picker.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.peer_picker.set(x);
+            x
+        })
+    }
+
     /// Recomputes the down set; sends it to the shards when it changed.
     async fn publish_liveness(&self, shard: &Shard, peers: &[NodeId]) {
         let now = shard.now_ms();
+        self.heartbeats
+            .borrow_mut()
+            .retain(|node| node == self.me || peers.contains(&node));
         let down = {
             let mut detector = self.detector.borrow_mut();
             detector.retain(peers);
@@ -741,12 +767,14 @@ impl Members {
     }
 }
 
-/// Gossips until shutdown: a round with every member and unknown seed at
-/// once, every `gossip_interval_ms` from the start of the last round.
+/// Gossips until shutdown: a round with `gossip_fanout` random members and
+/// every unknown seed at once, every `gossip_interval_ms` from the start of
+/// the last round.
 pub(crate) async fn run(shard: Rc<Shard>, members: Rc<Members>) {
     loop {
         let started = std::time::Instant::now();
         let (peers, seeds) = members.targets();
+        let chosen = members.start_round(&peers);
         let with_seeds = seeds.iter().map(|&seed| {
             let (members, shard) = (members.clone(), shard.clone());
             async move {
@@ -755,7 +783,7 @@ pub(crate) async fn run(shard: Rc<Shard>, members: Rc<Members>) {
                 }
             }
         });
-        let with_peers = peers.iter().map(|&node| {
+        let with_peers = chosen.iter().map(|&node| {
             let (members, shard) = (members.clone(), shard.clone());
             async move {
                 if let Err(err) = members.gossip_with(&shard, node).await {

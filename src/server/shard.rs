@@ -273,9 +273,17 @@ impl Shard {
         self.detected_down.borrow().clone()
     }
 
+    /// Takes the failure detector's new down set.
+    fn set_down(&self, down: &[NodeId]) {
+        let previous = std::mem::replace(&mut *self.detected_down.borrow_mut(), Rc::new(down.to_vec()));
+        for node in previous.iter().filter(|n| !down.contains(n)) {
+            self.links.node_is_back(*node);
+        }
+    }
+
     /// Sends the failure detector's down set to every shard.
     pub(crate) async fn broadcast_down(&self, down: Arc<Vec<NodeId>>) {
-        *self.detected_down.borrow_mut() = Rc::new((*down).clone());
+        self.set_down(&down);
         for peer in (0..self.senders.nr_consumers()).filter(|&s| s != self.id) {
             let _ = self.senders.send_to(peer, ShardMsg::Down(down.clone())).await;
         }
@@ -528,7 +536,7 @@ impl Shard {
                 while let Some(msg) = receiver.recv().await {
                     match msg {
                         ShardMsg::View(view) => shard.set_view(&view),
-                        ShardMsg::Down(down) => *shard.detected_down.borrow_mut() = Rc::new((*down).clone()),
+                        ShardMsg::Down(down) => shard.set_down(&down),
                         ShardMsg::Confirm(partition) => {
                             if let Some(members) = &shard.members {
                                 members.confirm(partition);
