@@ -115,8 +115,8 @@ struct SimNode {
     rounds: HashMap<u64, (Round, Option<u64>)>,
     /// Writer ids for the versions this node coordinates as a fallback, per
     /// partition, with the primary whose hint holds them: renewed whenever
-    /// a hint of the partition is deleted (as the server's hint store
-    /// does), and volatile.
+    /// a hint of the partition holding that writer's versions is deleted
+    /// (as the server's hint store does), and volatile.
     fallback_actors: HashMap<u32, (NodeId, NodeId)>,
     next_handoff_ms: u64,
 }
@@ -399,7 +399,13 @@ impl Sim {
                     let partition = self.partition(key);
                     let node = &mut self.nodes[at];
                     if node.hints.get(&(target, key)) == Some(&object) {
-                        node.fallback_actors.remove(&partition);
+                        // As the server's hint store: only a hint holding
+                        // the partition's fallback writer retires it.
+                        if let Some((_, writer)) = node.fallback_actors.get(&partition) {
+                            if object.context().get(*writer) > 0 {
+                                node.fallback_actors.remove(&partition);
+                            }
+                        }
                         node.hints.remove(&(target, key));
                     }
                     node.rounds.remove(&round_id);

@@ -52,6 +52,16 @@ impl Shard {
             .map(|o| o.node)
             .filter(|node| *node != self.me)
             .collect();
+        if options.primary_quorum > 0 {
+            // Refused before anything is stored: no primary takes part.
+            return Outcome::failed(
+                Status::Unavailable,
+                format!(
+                    "pw/pr = {} counts primaries, and no primary of partition {partition} is reachable",
+                    options.primary_quorum
+                ),
+            );
+        }
         let timeout_ms = self.request_timeout(&options).as_millis() as u64;
         self.counters
             .fallback_coordinated

@@ -26,7 +26,7 @@
 //! true while the writer holds them, and a fallback deletes its hints after
 //! delivery. So the store hands out a fresh random writer id per partition
 //! and forgets it (before deleting) whenever it deletes a hint of that
-//! partition; a restart forgets them all.
+//! partition holding versions of that writer; a restart forgets them all.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -274,8 +274,18 @@ impl HintStore {
             Err(e) => return Err(e.to_string()),
         }
         // Before the delete: a fallback write that reads the key after it
-        // must not continue a writer id whose dots it no longer holds.
-        self.fallback_writers.borrow_mut().remove(&hint.partition);
+        // must not continue a writer id whose versions it no longer holds.
+        // A hint without that writer's versions loses none of them, and
+        // keeping the id then keeps clocks from growing an entry per
+        // delivery.
+        let retire = self
+            .fallback_writers
+            .borrow()
+            .get(&hint.partition)
+            .is_some_and(|(_, writer)| decode_object(hint.object()).map_or(true, |c| c.context().get(*writer) > 0));
+        if retire {
+            self.fallback_writers.borrow_mut().remove(&hint.partition);
+        }
         let seq = self
             .engine
             .delete(hint.partition, &hkey, &[])

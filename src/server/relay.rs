@@ -25,8 +25,30 @@ enum Relay {
     /// A candidate took the request; its answer.
     Answered(Outcome),
     /// None took it. `refused`: some answered that it does not coordinate
-    /// the key (another view of ownership); `last`: the last reason.
-    Untaken { refused: bool, last: String },
+    /// the key (another view of ownership); `sent`: a read reached one but
+    /// got no answer in time; `last`: the last reason.
+    Untaken { refused: bool, sent: bool, last: String },
+}
+
+/// The internode header of a relayed client request.
+fn relay_head(op: Op, options: &RequestOptions, timeout_ms: u32) -> Head {
+    let opcode = match op {
+        Op::Get => Opcode::Get,
+        Op::Put => Opcode::Put,
+        Op::Delete => Opcode::Delete,
+        _ => unreachable!("only client requests are relayed"),
+    };
+    Head {
+        flags: if options.supersede_local {
+            FLAG_SUPERSEDE_LOCAL
+        } else {
+            0
+        },
+        quorum: options.quorum,
+        primary_quorum: options.primary_quorum,
+        timeout_ms,
+        ..Head::request(opcode, 0)
+    }
 }
 
 impl Shard {
@@ -41,48 +63,15 @@ impl Shard {
         value: &[u8],
         options: RequestOptions,
     ) -> Outcome {
-        let opcode = match op {
-            Op::Get => Opcode::Get,
-            Op::Put => Opcode::Put,
-            Op::Delete => Opcode::Delete,
-            _ => unreachable!("only client requests are relayed"),
-        };
-        let view = self.view();
         let timeout = self.request_timeout(&options);
-        let head = Head {
-            flags: if options.supersede_local {
-                FLAG_SUPERSEDE_LOCAL
-            } else {
-                0
-            },
-            quorum: options.quorum,
-            primary_quorum: options.primary_quorum,
-            timeout_ms: timeout.as_millis() as u32,
-            ..Head::request(opcode, 0)
-        };
         let deadline = Instant::now() + timeout;
+        let head = relay_head(op, &options, timeout.as_millis() as u32);
         let sections = (key, context, value);
-        let mut primaries: Vec<(NodeId, u16)> = view.primaries(partition).iter().map(|o| (o.node, o.shard)).collect();
-        if primaries.is_empty() {
-            return Outcome::failed(Status::Unavailable, "cluster is forming");
-        }
-        if !primaries.iter().all(|(node, _)| self.is_down(*node)) {
-            // Primaries held down go last: a write sent to one that does
-            // not answer cannot be retried elsewhere.
-            primaries.sort_by_key(|(node, _)| self.is_down(*node));
-            match self.relay(op, &primaries, head, sections, deadline).await {
-                Relay::Answered(outcome) => return outcome,
-                // Ownership is moving: the next try will find the owner.
-                Relay::Untaken { refused: true, last } => {
-                    return Outcome::failed(
-                        Status::Unavailable,
-                        format!("no primary of partition {partition} took the request: {last}"),
-                    )
-                }
-                Relay::Untaken { refused: false, .. } => {}
-            }
+        if let Some(outcome) = self.relay_to_primaries(op, partition, head, sections, deadline).await {
+            return outcome;
         }
         // No primary can be reached: the first healthy fallback coordinates.
+        let view = self.view();
         let Some(pref) = view.preference(partition, |n| self.is_down(n)) else {
             return Outcome::failed(Status::Unavailable, "cluster is forming");
         };
@@ -115,6 +104,74 @@ impl Shard {
         }
     }
 
+    /// A client request another node relayed here to coordinate as a
+    /// fallback (on the shard that keeps the partition's hints). A primary
+    /// this node can reach takes it after all: the sender's view may be
+    /// stale, or the cut asymmetric, and every fallback write adds a writer
+    /// to the key's clock.
+    pub(crate) async fn take_as_fallback(
+        self: &Rc<Self>,
+        op: Op,
+        partition: u32,
+        key: &[u8],
+        context: &[u8],
+        value: &[u8],
+        options: RequestOptions,
+    ) -> Outcome {
+        let timeout = self.request_timeout(&options);
+        let deadline = Instant::now() + timeout;
+        let head = relay_head(op, &options, timeout.as_millis() as u32);
+        if let Some(outcome) = self
+            .relay_to_primaries(op, partition, head, (key, context, value), deadline)
+            .await
+        {
+            return outcome;
+        }
+        Box::pin(self.coordinate_as_fallback(op, partition, key, context, value, options)).await
+    }
+
+    /// Offers a request to the key's primaries, those held down last (a
+    /// write sent to one that does not answer cannot be retried
+    /// elsewhere). `None` when none could be reached, so that a fallback
+    /// may coordinate: every primary is held down, or no request was sent.
+    async fn relay_to_primaries(
+        &self,
+        op: Op,
+        partition: u32,
+        head: Head,
+        sections: (&[u8], &[u8], &[u8]),
+        deadline: Instant,
+    ) -> Option<Outcome> {
+        let mut primaries: Vec<(NodeId, u16)> = self
+            .view()
+            .primaries(partition)
+            .iter()
+            .map(|o| (o.node, o.shard))
+            .collect();
+        if primaries.is_empty() {
+            return Some(Outcome::failed(Status::Unavailable, "cluster is forming"));
+        }
+        if primaries.iter().all(|(node, _)| self.is_down(*node)) {
+            return None;
+        }
+        primaries.sort_by_key(|(node, _)| self.is_down(*node));
+        match self.relay(op, &primaries, head, sections, deadline).await {
+            Relay::Answered(outcome) => Some(outcome),
+            Relay::Untaken {
+                refused: false,
+                sent: false,
+                ..
+            } => None,
+            // Ownership is moving (the next try finds the owner), or a
+            // primary is up but slow: a fallback, holding only what was
+            // written through fallbacks, would answer a read wrongly.
+            Relay::Untaken { last, .. } => Some(Outcome::failed(
+                Status::Unavailable,
+                format!("no primary of partition {partition} answered: {last}"),
+            )),
+        }
+    }
+
     /// Offers a request to `candidates` (node, shard) in order, until one
     /// takes it or `deadline` passes.
     async fn relay(
@@ -126,7 +183,7 @@ impl Shard {
         deadline: Instant,
     ) -> Relay {
         let view = self.view();
-        let mut refused = false;
+        let (mut refused, mut sent) = (false, false);
         let mut last = String::from("nobody to ask");
         for &(node, shard) in candidates {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -144,7 +201,10 @@ impl Shard {
                 Ok(r) => return Relay::Answered(relayed(op, r)),
                 // Not sent at all: safe to try the next.
                 Err(err @ (LinkError::Down { .. } | LinkError::NoAddress { .. })) => last = err.to_string(),
-                Err(err) if op == Op::Get => last = err.to_string(),
+                Err(err) if op == Op::Get => {
+                    sent = true;
+                    last = err.to_string();
+                }
                 Err(err) => {
                     return Relay::Answered(Outcome::failed(
                         Status::Timeout,
@@ -153,7 +213,7 @@ impl Shard {
                 }
             }
         }
-        Relay::Untaken { refused, last }
+        Relay::Untaken { refused, sent, last }
     }
 }
 

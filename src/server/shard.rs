@@ -372,14 +372,18 @@ impl Shard {
                 self.counters.forwarded.set(self.counters.forwarded.get() + 1);
                 self.forward(usize::from(shard), op, key, context, value, options).await
             }
-            // A peer reached no primary: this node coordinates as a
-            // fallback, on the shard that keeps the partition's hints.
+            // No primary was reachable from the sender (a peer, or another
+            // shard here): this node coordinates as a fallback, on the shard
+            // that keeps the partition's hints.
             None if options.as_fallback && matches!(op, Op::Get | Op::Put | Op::Delete) => {
                 let shard = view.shard_of(self.me, partition);
-                if usize::from(shard) == self.id {
-                    Box::pin(self.coordinate_as_fallback(op, partition, key, context, value, options)).await
-                } else {
+                if usize::from(shard) != self.id {
                     self.forward(usize::from(shard), op, key, context, value, options).await
+                } else if options.from_peer {
+                    Box::pin(self.take_as_fallback(op, partition, key, context, value, options)).await
+                } else {
+                    // Another shard of this node found no primary.
+                    Box::pin(self.coordinate_as_fallback(op, partition, key, context, value, options)).await
                 }
             }
             None if matches!(op, Op::ReplicaGet | Op::ReplicaPut) || options.from_peer => Outcome::failed(
