@@ -177,7 +177,11 @@ wait_settled 0 1 2
   start_node 3 --join "$(internode 0)"
   join_watch &
   watcher=$!
+  # On this machine the joining node shares the cores with the others; its
+  # CPU during the row shows how much of the loss is its side of the copy.
+  joiner0=$(cpu_seconds "${node_pid[3]}"); all0=$(cpu_seconds "${servers[@]}")
   ycsb_b "a fourth node joining"
+  joiner1=$(cpu_seconds "${node_pid[3]}"); all1=$(cpu_seconds "${servers[@]}")
   join_ops=$(cat "$work/ops_s")
   wait "$watcher"
   join_s=$(cat "$work/join_s")
@@ -200,6 +204,9 @@ wait_settled 0 1 2
   echo "**Join:** the fourth node reached full ownership ${join_s} s after it started (under the YCSB B load above,"
   echo "transfer_keys_per_second_max = 20000 per shard): it received ${received_keys} keys in ${received_bytes} bytes"
   echo "of comparison traffic (hashes, key listings, objects), and holds ${held_keys} keys in ${held_bytes} bytes."
+  awk -v j0="$joiner0" -v j1="$joiner1" -v a0="$all0" -v a1="$all1" 'BEGIN {
+    printf "During the row, the joining node used %.1f of the four servers%s %.1f CPU seconds (%.0f%%).\n",
+      j1 - j0, "\047", a1 - a0, (a1 > a0 ? (j1 - j0) / (a1 - a0) * 100 : 0) }'
 } | tee "$out"
 
 write_section "$out" elastic "Membership: joins and anti-entropy (\`benches/elastic.sh\`)"

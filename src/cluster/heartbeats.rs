@@ -84,12 +84,21 @@ impl Heartbeats {
     }
 
     /// Takes a peer's table, keeping the highest beat per node among those
-    /// `known` accepts. Returns the nodes other than `me` whose beat rose:
-    /// they were heard from.
-    pub fn merge(&mut self, incoming: &[(NodeId, u64)], me: NodeId, known: impl Fn(NodeId) -> bool) -> Vec<NodeId> {
+    /// `known` accepts. Beats above `beat_max` (the receiver's clock plus
+    /// the clock skew allowed) are ignored: one absurd beat, relayed
+    /// everywhere, would otherwise leave its node unable to raise its beat
+    /// again, and held down for good. Returns the nodes other than `me`
+    /// whose beat rose: they were heard from.
+    pub fn merge(
+        &mut self,
+        incoming: &[(NodeId, u64)],
+        me: NodeId,
+        beat_max: u64,
+        known: impl Fn(NodeId) -> bool,
+    ) -> Vec<NodeId> {
         let mut heard = Vec::new();
         for &(node, beat) in incoming {
-            if !known(node) {
+            if beat > beat_max || !known(node) {
                 continue;
             }
             let held = self.beats.entry(node).or_insert(0);
@@ -107,6 +116,23 @@ impl Heartbeats {
     pub fn retain(&mut self, known: impl Fn(NodeId) -> bool) {
         self.beats.retain(|node, _| known(*node));
     }
+}
+
+/// The members a gossip round contacts: `fanout` chosen at random among
+/// those not held down, and one among those held down (so that a node that
+/// returns is reached even before it reaches out). Contacting held-down
+/// members in place of live ones would thin out the heartbeats the live
+/// ones get, and bring false downs when many members are away.
+pub fn gossip_peers(
+    peers: &[NodeId],
+    is_down: impl Fn(NodeId) -> bool,
+    fanout: usize,
+    mut random: impl FnMut() -> u64,
+) -> Vec<NodeId> {
+    let (down, up): (Vec<NodeId>, Vec<NodeId>) = peers.iter().partition(|p| is_down(**p));
+    let mut chosen = choose_peers(&up, fanout, &mut random);
+    chosen.extend(choose_peers(&down, 1, &mut random));
+    chosen
 }
 
 /// Up to `fanout` distinct peers of `peers`, chosen uniformly; `random`
@@ -145,18 +171,23 @@ mod tests {
         let known = |n: NodeId| n != stranger;
         let mut hb = Heartbeats::default();
         hb.beat(me, 100);
-        let heard = hb.merge(&[(a, 10), (b, 20), (stranger, 5), (me, 50)], me, known);
+        let heard = hb.merge(&[(a, 10), (b, 20), (stranger, 5), (me, 50)], me, u64::MAX, known);
         assert_eq!(heard, vec![a, b], "me and strangers are never heard of");
         assert_eq!(hb.get(stranger), None);
         assert_eq!(
-            hb.merge(&[(a, 10), (b, 19)], me, known),
+            hb.merge(&[(a, 10), (b, 19)], me, u64::MAX, known),
             Vec::<NodeId>::new(),
             "nothing rose"
         );
-        assert_eq!(hb.merge(&[(b, 21)], me, known), vec![b]);
+        assert_eq!(hb.merge(&[(b, 21)], me, u64::MAX, known), vec![b]);
         assert_eq!(hb.get(b), Some(21));
         assert_eq!(hb.get(me), Some(100), "a lower report of my own beat is ignored");
-        hb.merge(&[(me, 500)], me, known);
+        hb.merge(&[(me, 500)], me, u64::MAX, known);
+        assert!(
+            hb.merge(&[(b, 1_000_000)], me, 900_000, known).is_empty(),
+            "a beat past the limit is ignored"
+        );
+        assert_eq!(hb.get(b), Some(21));
         assert!(hb.beat(me, 0) > 500, "my next beat passes any reported for me");
         hb.retain(|n| n != a);
         assert_eq!(hb.get(a), None);
@@ -166,7 +197,7 @@ mod tests {
     fn tables_round_trip_with_mine_first_and_bad_ones_are_refused() {
         let me = NodeId(7);
         let mut hb = Heartbeats::default();
-        hb.merge(&[(NodeId(2), 20), (NodeId(9), 90)], me, |_| true);
+        hb.merge(&[(NodeId(2), 20), (NodeId(9), 90)], me, u64::MAX, |_| true);
         hb.beat(me, 70);
         let mut bytes = Vec::new();
         hb.encode(me, &mut bytes);
@@ -180,17 +211,18 @@ mod tests {
         assert!(Heartbeats::decode(&too_many).is_err());
     }
 
-    /// Seeded: `nodes` nodes, each gossiping with `fanout` random peers a
-    /// round (1 s, with up to 100 ms of jitter), exchanging heartbeat tables
-    /// both ways, each feeding its failure detector. Node 0 dies at 120 s
-    /// and restarts (empty) at 180 s; the run ends at 240 s. Returns the
+    /// Seeded: `nodes` nodes, each gossiping a round (1 s, with up to 100 ms
+    /// of jitter) with the peers `gossip_peers` picks, exchanging heartbeat
+    /// tables both ways, each feeding its failure detector. The last `dead`
+    /// nodes never run. Node 0 dies at 120 s and restarts at 180 s, empty
+    /// and with its clock 30 s behind; the run ends at 240 s. Returns the
     /// largest number of live nodes any live node held down after a warm-up
     /// (a cluster starting all at once spreads its first beats over a few
     /// rounds); how long after node 0 died each other node took to hold it
     /// down; and how long after it came back each took to hold it up.
     const WARM_UP_MS: u64 = 10_000;
 
-    fn simulate(nodes: u64, fanout: usize, seed: u64) -> (usize, Vec<u64>, Vec<u64>) {
+    fn simulate(nodes: u64, dead: u64, fanout: usize, seed: u64) -> (usize, Vec<u64>, Vec<u64>) {
         use crate::cluster::liveness::FailureDetector;
         let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         let mut random = move || {
@@ -221,7 +253,8 @@ mod tests {
             let next_check = (now / 250 + 1) * 250;
             let restart = if now < back_ms { back_ms } else { u64::MAX };
             now = next_round.iter().copied().min().unwrap().min(next_check).min(restart);
-            let alive = |i: usize| i != 0 || !(died_ms..back_ms).contains(&now);
+            let running = |i: usize| i < (nodes - dead) as usize;
+            let alive = |i: usize| running(i) && (i != 0 || !(died_ms..back_ms).contains(&now));
             if now == back_ms {
                 // Node 0 restarts: no table, a fresh detector.
                 beats[0] = Heartbeats::default();
@@ -238,9 +271,11 @@ mod tests {
                 if !alive(i) {
                     continue;
                 }
-                beats[i].beat(ids[i], now);
+                let clock = if i == 0 && now >= back_ms { now - 30_000 } else { now };
+                beats[i].beat(ids[i], clock);
                 let others: Vec<NodeId> = ids.iter().copied().filter(|n| *n != ids[i]).collect();
-                for peer in choose_peers(&others, fanout, &mut random) {
+                let down = detectors[i].down(now);
+                for peer in gossip_peers(&others, |n| down.contains(&n), fanout, &mut random) {
                     let j = peer.0 as usize;
                     if !alive(j) {
                         continue; // No answer: nothing is learned either way.
@@ -248,13 +283,13 @@ mod tests {
                     let mut table = Vec::new();
                     beats[i].encode(ids[i], &mut table);
                     let (theirs, _) = Heartbeats::decode(&table).unwrap();
-                    for node in beats[j].merge(&theirs, ids[j], |_| true) {
+                    for node in beats[j].merge(&theirs, ids[j], now + 60_000, |_| true) {
                         detectors[j].heard(node, now);
                     }
                     table.clear();
                     beats[j].encode(ids[j], &mut table);
                     let (theirs, _) = Heartbeats::decode(&table).unwrap();
-                    for node in beats[i].merge(&theirs, ids[i], |_| true) {
+                    for node in beats[i].merge(&theirs, ids[i], now + 60_000, |_| true) {
                         detectors[i].heard(node, now);
                     }
                 }
@@ -265,7 +300,10 @@ mod tests {
             for i in (0..nodes as usize).filter(|i| alive(*i)) {
                 let down = detectors[i].down(now);
                 // Node 0 is counted by the detection and recovery times.
-                let live_down = down.iter().filter(|n| n.0 != 0 && **n != ids[i]).count();
+                let live_down = down
+                    .iter()
+                    .filter(|n| n.0 != 0 && **n != ids[i] && running(n.0 as usize))
+                    .count();
                 if now >= WARM_UP_MS {
                     false_down = false_down.max(live_down);
                 }
@@ -282,17 +320,20 @@ mod tests {
             }
         }
         let never = u64::MAX;
-        let detected = detected[1..].iter().map(|d| d.unwrap_or(never)).collect();
-        let recovered = recovered[1..].iter().map(|d| d.unwrap_or(never)).collect();
+        let live = 1..(nodes - dead) as usize;
+        let detected = detected[live.clone()].iter().map(|d| d.unwrap_or(never)).collect();
+        let recovered = recovered[live].iter().map(|d| d.unwrap_or(never)).collect();
         (false_down, detected, recovered)
     }
 
     #[test]
     fn gossip_with_a_few_random_peers_keeps_every_node_heard_and_finds_a_dead_one() {
-        for (nodes, fanout) in [(5, 3), (20, 3), (64, 3)] {
+        // A third of the 64 never running: live nodes must not gossip
+        // with them in place of each other.
+        for (nodes, dead, fanout) in [(5, 0, 3), (20, 0, 3), (64, 0, 3), (64, 21, 3)] {
             for seed in 1..=3 {
-                let (false_down, detected, recovered) = simulate(nodes, fanout, seed);
-                let case = format!("{nodes} nodes, fanout {fanout}, seed {seed}");
+                let (false_down, detected, recovered) = simulate(nodes, dead, fanout, seed);
+                let case = format!("{nodes} nodes ({dead} dead), fanout {fanout}, seed {seed}");
                 assert_eq!(false_down, 0, "{case}: a live node was held down");
                 let slowest = detected.iter().max().unwrap();
                 assert!(*slowest <= 20_000, "{case}: detection took {detected:?} ms");

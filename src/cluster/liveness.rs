@@ -1,6 +1,7 @@
 //! Which peers are down, from when this node last heard from each: one
-//! phi-accrual detector per peer (`dynkv_ring::PhiAccrual`), fed by every
-//! membership exchange with it. Pure: time is an argument.
+//! phi-accrual detector per peer (`dynkv_ring::PhiAccrual`), fed each time
+//! gossip brings a higher heartbeat of that peer, directly or relayed
+//! (`super::heartbeats`). Pure: time is an argument.
 //!
 //! A peer is tracked from the moment it is known, as if it had just been
 //! heard from, so that one that never answers is declared down after the

@@ -34,7 +34,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynkv::cluster::heartbeats::{choose_peers, Heartbeats};
+use dynkv::cluster::heartbeats::{gossip_peers, Heartbeats};
 use dynkv::cluster::liveness::FailureDetector;
 use dynkv_net::{ClientOptions, Connection, Head, Opcode, Status};
 use dynkv_ring::{claim, Lifecycle, Liveness, Membership, NodeId, NodeRecord, Ownership, PartitionCount, ZoneId};
@@ -80,6 +80,8 @@ pub(crate) struct Members {
     /// picks them (xorshift64, seeded at random).
     gossip_fanout: usize,
     peer_picker: Cell<u64>,
+    /// Heartbeats further ahead of this node's clock are ignored.
+    clock_skew_max_ms: u64,
     /// The down set last sent to the shards.
     down: RefCell<Vec<NodeId>>,
     gossip_interval_ms: u64,
@@ -194,6 +196,7 @@ impl Members {
             detector: RefCell::new(FailureDetector::new(dynkv_ring::PhiConfig::default())),
             heartbeats: RefCell::new(Heartbeats::default()),
             gossip_fanout: config.gossip_fanout,
+            clock_skew_max_ms: config.clock_skew_max_ms,
             peer_picker: Cell::new(getrandom::u64().map_err(|e| format!("no randomness for gossip: {e}"))? | 1),
             down: RefCell::new(Vec::new()),
             gossip_interval_ms: config.gossip_interval_ms,
@@ -362,9 +365,10 @@ impl Members {
     fn take_heartbeats(&self, shard: &Shard, beats: &[(NodeId, u64)]) {
         let heard = {
             let membership = self.membership.borrow();
+            let beat_max = crate::server::hints::unix_ms().saturating_add(self.clock_skew_max_ms);
             self.heartbeats
                 .borrow_mut()
-                .merge(beats, self.me, |node| membership.get(node).is_some())
+                .merge(beats, self.me, beat_max, |node| membership.get(node).is_some())
         };
         let now = shard.now_ms();
         let mut detector = self.detector.borrow_mut();
@@ -489,19 +493,25 @@ impl Members {
     }
 
     /// Starts a round: raises this node's heartbeat, and picks the members
-    /// to contact among `peers`.
+    /// to contact among `peers` (see `gossip_peers`).
     fn start_round(&self, peers: &[NodeId]) -> Vec<NodeId> {
         self.heartbeats
             .borrow_mut()
             .beat(self.me, crate::server::hints::unix_ms());
-        choose_peers(peers, self.gossip_fanout, || {
-            let mut x = self.peer_picker.get();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.peer_picker.set(x);
-            x
-        })
+        let down = self.down.borrow();
+        gossip_peers(
+            peers,
+            |node| down.contains(&node),
+            self.gossip_fanout,
+            || {
+                let mut x = self.peer_picker.get();
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                self.peer_picker.set(x);
+                x
+            },
+        )
     }
 
     /// Recomputes the down set; sends it to the shards when it changed.
@@ -522,7 +532,7 @@ impl Members {
             return;
         }
         for node in down.iter().filter(|n| !self.down.borrow().contains(n)) {
-            tracing::warn!(%node, "node is down (no answer to gossip)");
+            tracing::warn!(%node, "node is down (no heartbeat of it heard)");
         }
         for node in self.down.borrow().iter().filter(|n| !down.contains(n)) {
             tracing::info!(%node, "node is up again");

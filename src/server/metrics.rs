@@ -334,7 +334,7 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
         &mut out,
         "dynkv_cluster_members_down",
         "gauge",
-        "Members the failure detector holds down (no answer to gossip).",
+        "Members the failure detector holds down (no heartbeat of theirs heard, directly or relayed).",
         &mut reports.iter().map(|r| (shard(r), r.down)),
     );
     metric(
