@@ -317,13 +317,7 @@ fn keys_whose_primaries_are_all_down_stay_writable_through_a_fallback_and_no_rew
     // since they are the only copies.
     let config_dir = tempfile::tempdir().unwrap();
     let config = config_dir.path().join("dynkv.toml");
-    std::fs::write(
-        &config,
-        "hint_age_max_ms = 1
-handoff_interval_ms = 100
-",
-    )
-    .unwrap();
+    std::fs::write(&config, "hint_age_max_ms = 1\nhandoff_interval_ms = 100\n").unwrap();
     let mut cluster = Cluster::start_with(1, vec!["--config".into(), config.to_str().unwrap().into()]);
     let keys: Vec<String> = (0..60).map(|i| format!("fallback-{i}")).collect();
     fn first(key: &str) -> Vec<u8> {

@@ -52,6 +52,16 @@ fn relay_head(op: Op, options: &RequestOptions, timeout_ms: u32) -> Head {
 }
 
 impl Shard {
+    /// The deadline of a client request about to be relayed, and its
+    /// internode header.
+    fn relay_start(&self, op: Op, options: &RequestOptions) -> (Instant, Head) {
+        let timeout = self.request_timeout(options);
+        (
+            Instant::now() + timeout,
+            relay_head(op, options, timeout.as_millis() as u32),
+        )
+    }
+
     /// Sends a client request to the node that coordinates it and returns
     /// that node's answer.
     pub(crate) async fn forward_to_primary(
@@ -63,9 +73,7 @@ impl Shard {
         value: &[u8],
         options: RequestOptions,
     ) -> Outcome {
-        let timeout = self.request_timeout(&options);
-        let deadline = Instant::now() + timeout;
-        let head = relay_head(op, &options, timeout.as_millis() as u32);
+        let (deadline, head) = self.relay_start(op, &options);
         let sections = (key, context, value);
         if let Some(outcome) = self.relay_to_primaries(op, partition, head, sections, deadline).await {
             return outcome;
@@ -118,9 +126,7 @@ impl Shard {
         value: &[u8],
         options: RequestOptions,
     ) -> Outcome {
-        let timeout = self.request_timeout(&options);
-        let deadline = Instant::now() + timeout;
-        let head = relay_head(op, &options, timeout.as_millis() as u32);
+        let (deadline, head) = self.relay_start(op, &options);
         if let Some(outcome) = self
             .relay_to_primaries(op, partition, head, (key, context, value), deadline)
             .await
