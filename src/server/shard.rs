@@ -74,8 +74,8 @@ pub(crate) struct RequestOptions {
     pub(crate) from_peer: bool,
     /// Every primary of the key is unreachable from the sender: a client
     /// request is coordinated here as a fallback (unless this node is a
-    /// primary after all), and a replica put's hint is kept whatever its
-    /// age.
+    /// primary after all, or, for a peer's request, reaches one), and a
+    /// replica put's hint is kept whatever its age.
     pub(crate) as_fallback: bool,
 }
 
