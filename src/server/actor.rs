@@ -25,6 +25,16 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A fresh random writer id (never 0).
+pub(crate) fn random_id() -> Result<NodeId, String> {
+    loop {
+        let id = getrandom::u64().map_err(|e| format!("no randomness for a writer id: {e}"))?;
+        if id != 0 {
+            return Ok(NodeId(id));
+        }
+    }
+}
+
 /// The shard's actor id for this run. `dir` is the shard's engine
 /// directory, which exists (the engine is open).
 pub(crate) fn open(dir: &Path, sync_always: bool) -> Result<NodeId, String> {
@@ -49,12 +59,7 @@ pub(crate) fn open(dir: &Path, sync_always: bool) -> Result<NodeId, String> {
     match stored {
         Some(id) if clean || sync_always => Ok(NodeId(id)),
         previous => {
-            let id = loop {
-                let id = getrandom::u64().map_err(|e| format!("no randomness for an actor id: {e}"))?;
-                if id != 0 {
-                    break id;
-                }
-            };
+            let NodeId(id) = random_id()?;
             if let Some(previous) = previous {
                 tracing::info!(
                     "previous run ended uncleanly without sync=always: versions are now written as actor \

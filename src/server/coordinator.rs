@@ -499,18 +499,15 @@ impl Shard {
         for send in repairs {
             self.counters.read_repairs.set(self.counters.read_repairs.get() + 1);
             if send.to == self.me {
-                let _ = match send.hint_for {
-                    None => self.absorb_local(partition, &key, round.merged()).await,
+                match send.hint_for {
+                    None => {
+                        let _ = self.absorb_local(partition, &key, round.merged()).await;
+                    }
                     // A fallback round: this shard holds the hints.
                     Some(target) => {
-                        let options = RequestOptions {
-                            hint_for: Some(target),
-                            ..RequestOptions::default()
-                        };
-                        self.replica_local(Op::ReplicaPut, partition, &key, &bytes, options)
-                            .await
+                        let _ = self.hints.store(target, partition, &key, round.merged(), false).await;
                     }
-                };
+                }
             } else {
                 let _ = self.replica_put(send, partition, &key, &bytes).await;
             }

@@ -165,12 +165,7 @@ impl HintStore {
                 return Ok(*writer);
             }
         }
-        let writer = loop {
-            let id = getrandom::u64().map_err(|e| format!("no randomness for a writer id: {e}"))?;
-            if id != 0 {
-                break NodeId(id);
-            }
-        };
+        let writer = crate::server::actor::random_id()?;
         writers.insert(partition, (target, writer));
         Ok(writer)
     }
