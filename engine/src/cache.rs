@@ -66,16 +66,29 @@ impl ReadCache {
         }
     }
 
-    /// Moves a cached value to its key's new location with the new value:
-    /// an overwrite of a key whose value is cached keeps the key cached.
-    /// A read-modify-write (the server reads every key's version before
-    /// writing it) would otherwise miss the cache and read the disk on
-    /// every write. Keys not cached stay uncached, so a stream of fresh or
-    /// cold writes costs one failed lookup and evicts nothing.
-    pub(crate) fn replace(&mut self, old: (u32, u32), new: (u32, u32), value: &[u8]) {
+    /// Caches a freshly written value at its location, and drops the
+    /// key's previous value, if cached. Writing through means a value read
+    /// soon after it was written (the common case: what was just written
+    /// is what is read next) costs no disk read once the write buffer has
+    /// gone to disk; O_DIRECT gives no page cache to catch it. New entries
+    /// enter S3-FIFO's small queue, so a stream of values that are never
+    /// read passes through it without evicting the hot set.
+    pub(crate) fn write(&mut self, old: Option<(u32, u32)>, new: (u32, u32), value: Option<&[u8]>) {
         let Some(cache) = self.cache.as_mut() else { return };
-        if cache.remove(&location_key(old.0, old.1)).is_some() {
+        if let Some(old) = old {
+            cache.remove(&location_key(old.0, old.1));
+        }
+        if let Some(value) = value {
             self.insert(new.0, new.1, Bytes::copy_from_slice(value));
+        }
+    }
+
+    /// Follows a record that compaction copied: a cached value stays
+    /// cached at its new location.
+    pub(crate) fn relocate(&mut self, from: (u32, u32), to: (u32, u32)) {
+        let Some(cache) = self.cache.as_mut() else { return };
+        if let Some(value) = cache.remove(&location_key(from.0, from.1)) {
+            cache.insert(location_key(to.0, to.1), value.1);
         }
     }
 
@@ -96,5 +109,31 @@ impl ReadCache {
 
     pub(crate) fn bytes(&self) -> u64 {
         self.cache.as_ref().map_or(0, |c| c.weight())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_replace_the_old_location_and_relocation_follows_compaction() {
+        let mut cache = ReadCache::new(1 << 20);
+        cache.write(None, (1, 0), Some(b"v1"));
+        cache.write(Some((1, 0)), (1, 64), Some(b"v2"));
+        assert!(cache.get(1, 0).is_none(), "the overwritten value left the cache");
+        assert_eq!(cache.get(1, 64).as_deref(), Some(&b"v2"[..]));
+        cache.relocate((1, 64), (2, 0));
+        assert!(cache.get(1, 64).is_none());
+        assert_eq!(cache.get(2, 0).as_deref(), Some(&b"v2"[..]));
+        cache.write(Some((2, 0)), (2, 128), None);
+        assert!(
+            cache.get(2, 0).is_none() && cache.get(2, 128).is_none(),
+            "a tombstone uncaches its key"
+        );
+        assert_eq!(cache.bytes(), 0);
+        let mut off = ReadCache::new(0);
+        off.write(None, (1, 0), Some(b"v"));
+        assert!(off.get(1, 0).is_none());
     }
 }

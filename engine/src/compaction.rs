@@ -108,6 +108,7 @@ async fn compact_segment(inner: &Rc<Inner>, id: u32, report: &mut CompactionRepo
                         st.mark_dead(at.segment, bytes);
                     } else {
                         st.mark_dead(id, bytes);
+                        st.cache.relocate((id, offset as u32), (at.segment, at.offset));
                     }
                     st.counters.compaction_bytes_copied += bytes as u64;
                 };

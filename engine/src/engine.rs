@@ -121,15 +121,18 @@ impl State {
             .expect("the active segment is registered")
             .note_record(bytes, header.seq);
         let entry = KeyEntry::at(header, at.segment, at.offset);
-        match self.keydir.apply(header.partition, key, entry) {
-            Applied::Newer(Some(old)) => {
-                self.mark_dead(old.segment, old.record_bytes());
-                self.cache
-                    .replace((old.segment, old.offset), (at.segment, at.offset), value);
-            }
-            Applied::Newer(None) => {}
+        let old = match self.keydir.apply(header.partition, key, entry) {
+            Applied::Newer(old) => old,
             Applied::Stale => unreachable!("a fresh sequence number is always the newest"),
+        };
+        if let Some(old) = old {
+            self.mark_dead(old.segment, old.record_bytes());
         }
+        // A tombstone's value is its causal context, which reads get from
+        // the record itself; only live values are worth caching.
+        let cached = (!entry.is_tombstone()).then_some(value);
+        self.cache
+            .write(old.map(|o| (o.segment, o.offset)), (at.segment, at.offset), cached);
     }
 }
 

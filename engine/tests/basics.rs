@@ -187,51 +187,53 @@ fn concurrent_puts_share_syncs_under_group_commit() {
 }
 
 #[test]
-fn overwriting_a_cached_key_keeps_it_cached_and_cold_overwrites_cache_nothing() {
+fn written_values_are_read_from_the_cache_and_a_delete_uncaches_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = small_config(dir.path());
-    // No compaction: it would move records, and the cache is keyed by
-    // location.
     config.compaction_interval = std::time::Duration::from_secs(3600);
     let keys = |from: u32| (from..from + 24).map(|i| i.to_le_bytes());
     run(async {
         let engine = Engine::open(config.clone()).await.unwrap();
-        for key in keys(0).chain(keys(100)) {
+        for key in keys(0) {
             engine.put(1, &key, &[1; 1000]).await.unwrap();
         }
-        engine.close().await.unwrap();
-
-        // A fresh open: nothing cached, nothing in the write buffer.
-        let engine = Engine::open(config).await.unwrap();
         for key in keys(0) {
-            engine.get(1, &key).await.unwrap().unwrap();
-        }
-        let read = engine.stats().disk_reads;
-        assert_eq!(read, 24, "the first reads go to the disk");
-        for key in keys(0).chain(keys(100)) {
             engine.put(1, &key, &[2; 1000]).await.unwrap();
         }
-        // Push the overwrites out of the write buffer so that only the
-        // cache can answer without the disk.
+        // Push the writes out of the write buffer so that only the cache
+        // can answer without the disk.
         for key in keys(1000) {
             engine.put(1, &key, &[3; 1000]).await.unwrap();
         }
         for key in keys(0) {
             assert_eq!(&engine.get(1, &key).await.unwrap().unwrap().value[..], &[2; 1000]);
         }
-        assert_eq!(
-            engine.stats().disk_reads,
-            read,
-            "cached keys stay cached through an overwrite"
-        );
-        for key in keys(100) {
-            assert_eq!(&engine.get(1, &key).await.unwrap().unwrap().value[..], &[2; 1000]);
+        assert_eq!(engine.stats().disk_reads, 0, "written values are cached");
+        engine.close().await.unwrap();
+
+        // A fresh open: nothing cached. Reads fill the cache, and the same
+        // reads again cost no disk read.
+        let engine = Engine::open(config).await.unwrap();
+        assert_eq!(engine.stats().cache_bytes, 0);
+        for _ in 0..2 {
+            for key in keys(0) {
+                assert_eq!(&engine.get(1, &key).await.unwrap().unwrap().value[..], &[2; 1000]);
+            }
+        }
+        let stats = engine.stats();
+        assert!(stats.disk_reads <= 24, "{stats:?}");
+        assert!(stats.cache_bytes > 0, "{stats:?}");
+        for key in keys(0) {
+            engine.delete(1, &key, b"ctx").await.unwrap();
         }
         assert_eq!(
-            engine.stats().disk_reads,
-            read + 24,
-            "keys that were not cached are not cached by an overwrite"
+            engine.stats().cache_bytes,
+            0,
+            "deleted values leave the cache; tombstones do not enter it"
         );
+        for key in keys(0) {
+            assert!(engine.get(1, &key).await.unwrap().unwrap().tombstone);
+        }
         engine.close().await.unwrap();
     });
 }
