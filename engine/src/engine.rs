@@ -387,7 +387,13 @@ impl Engine {
         let value = Bytes::copy_from_slice(view.value);
         let mut st = self.inner.state.borrow_mut();
         st.counters.disk_reads += 1;
-        st.cache.insert(entry.segment, entry.offset, value.clone());
+        // Compaction or a put may have moved the key on during the read;
+        // caching the value at a location no longer named would only hold
+        // memory until eviction.
+        let current = st.keydir.get(partition, key).map(|e| (e.segment, e.offset));
+        if current == Some((entry.segment, entry.offset)) {
+            st.cache.insert(entry.segment, entry.offset, value.clone());
+        }
         Ok(Some(to_record(&entry, value)))
     }
 

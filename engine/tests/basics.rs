@@ -190,7 +190,10 @@ fn concurrent_puts_share_syncs_under_group_commit() {
 fn written_values_are_read_from_the_cache_and_a_delete_uncaches_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = small_config(dir.path());
-    config.compaction_interval = std::time::Duration::from_secs(3600);
+    // No compaction: the overwrites below leave a segment a third dead,
+    // and a compaction moving records during a read makes the disk-read
+    // count below depend on timing.
+    config.compaction_auto = false;
     let keys = |from: u32| (from..from + 24).map(|i| i.to_le_bytes());
     run(async {
         let engine = Engine::open(config.clone()).await.unwrap();
