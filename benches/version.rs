@@ -19,7 +19,7 @@ use dynkv_ring::NodeId;
 fn sibling(value: &[u8]) -> Sibling {
     Sibling {
         timestamp_ms: 1_764_000_000_000,
-        value: Some(value.to_vec()),
+        value: Some(bytes::Bytes::copy_from_slice(value)),
     }
 }
 

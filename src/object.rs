@@ -8,6 +8,7 @@
 //! remains and rejects anything not canonical, so a corrupt or hostile
 //! object is an error, never a panic or an allocation sized by the input.
 
+use bytes::Bytes;
 use dynkv_ring::NodeId;
 
 use crate::version::{Clock, Sibling, VersionVector};
@@ -92,7 +93,19 @@ fn encoded_len(clock: &Clock) -> usize {
 }
 
 /// Parses an object, checking it is canonical.
-pub fn decode_object(mut bytes: &[u8]) -> Result<Clock, ObjectError> {
+pub fn decode_object(bytes: &[u8]) -> Result<Clock, ObjectError> {
+    decode_object_in(bytes, None)
+}
+
+/// [`decode_object`] of an object held in `bytes`: the values are slices of
+/// it (a read of a stored object copies no value).
+pub fn decode_object_shared(bytes: &Bytes) -> Result<Clock, ObjectError> {
+    decode_object_in(bytes, Some(bytes))
+}
+
+/// Decodes `bytes`; values are slices of `owner` if given (which must hold
+/// `bytes`), copies otherwise.
+fn decode_object_in(mut bytes: &[u8], owner: Option<&Bytes>) -> Result<Clock, ObjectError> {
     const WHAT: &str = "object";
     let r = &mut bytes;
     let nodes = take_header(r, WHAT)?;
@@ -132,7 +145,7 @@ pub fn decode_object(mut bytes: &[u8]) -> Result<Clock, ObjectError> {
                 }
                 None
             } else {
-                Some(value.to_vec())
+                Some(owner.map_or_else(|| Bytes::copy_from_slice(value), |owner| owner.slice_ref(value)))
             };
             values.push(Sibling { timestamp_ms, value });
         }

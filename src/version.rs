@@ -25,6 +25,7 @@
 //! byte-identical objects, and Merkle trees never see a difference that isn't
 //! there.
 
+use bytes::Bytes;
 use dynkv_ring::NodeId;
 
 /// One value a write stored: a client's bytes, or a deletion.
@@ -33,8 +34,10 @@ pub struct Sibling {
     /// Coordinator's wall clock at the write. Causality never depends on it;
     /// only RESP's last-writer-wins rule for reducing siblings reads it.
     pub timestamp_ms: u64,
-    /// The value, or `None` for a tombstone (a delete).
-    pub value: Option<Vec<u8>>,
+    /// The value, or `None` for a tombstone (a delete). `Bytes`, so that a
+    /// value decoded from a stored object is a slice of it, not a copy, and
+    /// merging clocks shares values instead of copying them.
+    pub value: Option<Bytes>,
 }
 
 impl Sibling {
@@ -414,13 +417,13 @@ mod tests {
     fn s(v: &str) -> Sibling {
         Sibling {
             timestamp_ms: 0,
-            value: Some(v.as_bytes().to_vec()),
+            value: Some(Bytes::copy_from_slice(v.as_bytes())),
         }
     }
 
     fn values(c: &Clock) -> Vec<String> {
         c.siblings()
-            .map(|s| String::from_utf8(s.value.clone().unwrap_or_default()).unwrap())
+            .map(|s| String::from_utf8(s.value.as_deref().unwrap_or_default().to_vec()).unwrap())
             .collect()
     }
 
@@ -485,7 +488,7 @@ mod tests {
         let limits = VersionLimits::default();
         let at = |ts: u64, v: Option<&str>| Sibling {
             timestamp_ms: ts,
-            value: v.map(|v| v.as_bytes().to_vec()),
+            value: v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
         };
         let a = Clock::new().update(None, A, at(5, Some("a")), limits).unwrap();
         let b = Clock::new().update(None, B, at(5, Some("b")), limits).unwrap();
@@ -507,7 +510,7 @@ mod tests {
         let stale = VersionVector::from_pairs([(w, 5)]);
         let at = |timestamp_ms, value: Option<&[u8]>| Sibling {
             timestamp_ms,
-            value: value.map(<[u8]>::to_vec),
+            value: value.map(Bytes::copy_from_slice),
         };
         // The context names w, but this replica holds nothing of w (its
         // history was reaped): the dot jumps to the write time in µs.

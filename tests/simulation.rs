@@ -550,7 +550,7 @@ impl Sim {
         let id = self.writes.len() as u64;
         let sibling = Sibling {
             timestamp_ms: id,
-            value: (!delete).then(|| id.to_le_bytes().to_vec()),
+            value: (!delete).then(|| bytes::Bytes::copy_from_slice(&id.to_le_bytes())),
         };
         let at = node_index(coordinator);
         let (actor, local) = match stands_in_for {

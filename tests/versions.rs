@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use dynkv::object::{context_bytes, decode_context, decode_object, object_bytes};
+use dynkv::object::{context_bytes, decode_context, decode_object, decode_object_shared, object_bytes};
 use dynkv::version::{Clock, Sibling, VersionLimits, VersionVector};
 use dynkv_ring::NodeId;
 use proptest::prelude::*;
@@ -68,7 +68,7 @@ impl Model {
                     Some(r) => (Some(self.clocks[r].context()), self.known[r].clone()),
                     None => (None, BTreeSet::new()),
                 };
-                let value = (!delete).then(|| id.to_le_bytes().to_vec());
+                let value = (!delete).then(|| bytes::Bytes::copy_from_slice(&id.to_le_bytes()));
                 let sibling = Sibling {
                     timestamp_ms: id,
                     value,
@@ -113,6 +113,8 @@ proptest! {
                 prop_assert_eq!(model.live(r), model.expected_live(r), "replica {} after step {} ({:?})", r, step, op);
                 let clock = &model.clocks[r];
                 prop_assert_eq!(&decode_object(&object_bytes(clock)).unwrap(), clock);
+                let stored = bytes::Bytes::from(object_bytes(clock));
+                prop_assert_eq!(&decode_object_shared(&stored).unwrap(), clock, "values sliced from the stored object");
                 let ctx = clock.context();
                 let decoded = decode_context(&context_bytes(&ctx)).unwrap().unwrap_or_default();
                 prop_assert_eq!(decoded, ctx);
@@ -143,7 +145,7 @@ proptest! {
             model.apply(op);
         }
         let all = model.clocks.iter().fold(Clock::new(), |acc, c| acc.sync(c));
-        let s = Sibling { timestamp_ms: 0, value: Some(b"final".to_vec()) };
+        let s = Sibling { timestamp_ms: 0, value: Some(bytes::Bytes::from_static(b"final")) };
         let next = model.clocks[at].update(Some(&all.context()), NodeId(at as u64 + 1), s, VersionLimits::default()).unwrap();
         prop_assert_eq!(all.sync(&next).sibling_count(), 1);
     }
@@ -164,7 +166,7 @@ fn non_canonical_objects_are_rejected() {
     let limits = VersionLimits::default();
     let s = |v: &str| Sibling {
         timestamp_ms: 1,
-        value: Some(v.into()),
+        value: Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
     };
     let clock = Clock::new().update(None, NodeId(2), s("x"), limits).unwrap();
     let clock = clock.sync(&Clock::new().update(None, NodeId(1), s("y"), limits).unwrap());

@@ -199,7 +199,7 @@ mod tests {
     fn clock(node: u64, value: &str) -> Clock {
         let s = Sibling {
             timestamp_ms: 0,
-            value: Some(value.into()),
+            value: Some(bytes::Bytes::copy_from_slice(value.as_bytes())),
         };
         Clock::new()
             .update(None, NodeId(node), s, VersionLimits::default())

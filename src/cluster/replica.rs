@@ -50,7 +50,7 @@ mod tests {
     fn s(v: &str) -> Sibling {
         Sibling {
             timestamp_ms: 0,
-            value: Some(v.into()),
+            value: Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
         }
     }
 

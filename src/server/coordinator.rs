@@ -101,7 +101,7 @@ impl Shard {
         };
         let sibling = Sibling {
             timestamp_ms: unix_ms(),
-            value: (op == Op::Put).then(|| value.to_vec()),
+            value: (op == Op::Put).then(|| bytes::Bytes::copy_from_slice(value)),
         };
         Ok((write_context, sibling))
     }

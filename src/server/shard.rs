@@ -30,7 +30,7 @@ use crate::server::link::Links;
 use crate::server::members::Members;
 use crate::server::metrics::ShardCounters;
 use crate::server::view::ClusterView;
-use dynkv::object::decode_object;
+use dynkv::object::decode_object_shared;
 use dynkv::version::{Clock, VersionLimits};
 
 /// What a request asks for.
@@ -457,7 +457,7 @@ impl Shard {
     /// Reads this shard's stored version of `key` (empty if none).
     pub(crate) async fn read_local(&self, partition: u32, key: &[u8]) -> Result<Clock, Outcome> {
         match self.engine.get(partition, key).await {
-            Ok(Some(record)) if !record.tombstone => decode_object(&record.value).map_err(|e| {
+            Ok(Some(record)) if !record.tombstone => decode_object_shared(&record.value).map_err(|e| {
                 Outcome::failed(
                     Status::Internal,
                     format!("the stored version of this key is corrupt: {e}"),

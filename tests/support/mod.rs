@@ -265,7 +265,7 @@ pub fn stored_values(dir: &Path, key: &[u8]) -> Vec<Vec<u8>> {
             if let Some(record) = engine.get(partition, &key).await.unwrap() {
                 if !record.tombstone {
                     let clock = dynkv::object::decode_object(&record.value).unwrap();
-                    found.extend(clock.siblings().filter_map(|s| s.value.clone()));
+                    found.extend(clock.siblings().filter_map(|s| s.value.as_deref().map(<[u8]>::to_vec)));
                 }
             }
             engine.close().await.unwrap();
