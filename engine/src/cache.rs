@@ -12,14 +12,16 @@ use quick_cache::{unsync::Cache, Weighter};
 /// Values larger than this fraction of the cache are not cached, so one
 /// huge value cannot flush everything else.
 const CACHE_ENTRY_MAX_FRACTION: u64 = 8;
+/// Weight counted for each entry beyond its value, so that many tiny
+/// values are bounded too.
+const ENTRY_OVERHEAD_BYTES: u64 = 64;
 
 #[derive(Clone)]
 struct ValueWeighter;
 
 impl Weighter<u64, Bytes> for ValueWeighter {
     fn weight(&self, _key: &u64, value: &Bytes) -> u64 {
-        // Count a fixed overhead so that many tiny values are bounded too.
-        value.len() as u64 + 64
+        value.len() as u64 + ENTRY_OVERHEAD_BYTES
     }
 }
 
@@ -80,7 +82,7 @@ impl ReadCache {
         let Some(cache) = self.cache.as_mut() else { return };
         let was_cached = old.is_some_and(|old| cache.remove(&location_key(old.0, old.1)).is_some());
         let Some(value) = value else { return };
-        let room = cache.weight() + ValueWeighter.weight(&0, &Bytes::new()) + value.len() as u64 <= cache.capacity();
+        let room = cache.weight() + ENTRY_OVERHEAD_BYTES + value.len() as u64 <= cache.capacity();
         if was_cached || room {
             self.insert(new.0, new.1, Bytes::copy_from_slice(value));
         }
