@@ -51,6 +51,11 @@ struct Link {
 }
 
 impl Link {
+    /// The link's connection, if it is open.
+    fn open(&self) -> Option<Rc<Connection>> {
+        self.conn.borrow().as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+
     fn new(node: NodeId, addr: SocketAddr) -> Rc<Link> {
         Rc::new(Link {
             node,
@@ -116,7 +121,13 @@ impl Links {
         timeout: Duration,
     ) -> Result<Response, LinkError> {
         let link = self.link(node, shard, addr)?;
-        let conn = self.connection(&link, timeout).await?;
+        // Boxed: dialing (connect, then the authentication handshake) is
+        // rare, and its future is most of this one's size otherwise, which
+        // every replica call of every quorum round then moves.
+        let conn = match link.open() {
+            Some(conn) => conn,
+            None => Box::pin(self.connection(&link, timeout)).await?,
+        };
         let (key, context, value) = sections;
         conn.call(head, key, context, value, timeout).await.map_err(|source| {
             if matches!(source, ClientError::Disconnected(_)) {
@@ -159,8 +170,7 @@ impl Links {
     }
 
     async fn connection(&self, link: &Link, timeout: Duration) -> Result<Rc<Connection>, LinkError> {
-        let open = |link: &Link| link.conn.borrow().as_ref().filter(|c| !c.is_closed()).cloned();
-        if let Some(conn) = open(link) {
+        if let Some(conn) = link.open() {
             return Ok(conn);
         }
         let down = |link: &Link| LinkError::Down {
@@ -175,7 +185,7 @@ impl Links {
             return Err(down(link));
         }
         let _turn = link.connecting.acquire_permit(1).await.map_err(|_| down(link))?;
-        if let Some(conn) = open(link) {
+        if let Some(conn) = link.open() {
             return Ok(conn);
         }
         match self.dial(link.node, link.addr, timeout).await {
