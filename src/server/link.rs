@@ -169,10 +169,9 @@ impl Links {
         Ok(link.clone())
     }
 
+    /// Dials `link`, which had no open connection when its caller looked,
+    /// unless it is held down or a concurrent caller's dial got there first.
     async fn connection(&self, link: &Link, timeout: Duration) -> Result<Rc<Connection>, LinkError> {
-        if let Some(conn) = link.open() {
-            return Ok(conn);
-        }
         let down = |link: &Link| LinkError::Down {
             node: link.node,
             retry_ms: link
