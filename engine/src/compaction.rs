@@ -98,17 +98,18 @@ async fn compact_segment(inner: &Rc<Inner>, id: u32, report: &mut CompactionRepo
                         .get_mut(&at.segment)
                         .expect("the active segment is registered")
                         .note_record(bytes, header.seq);
+                    let from = (id, offset as u32);
                     let moved = live
-                        && st
-                            .keydir
-                            .relocate(partition, key, (id, offset as u32), (at.segment, at.offset));
+                        .then(|| st.keydir.relocate(partition, key, from, (at.segment, at.offset)))
+                        .flatten();
                     // The copy is dead if the key moved on meanwhile; the
                     // original is dead either way.
-                    if !moved {
-                        st.mark_dead(at.segment, bytes);
-                    } else {
-                        st.mark_dead(id, bytes);
-                        st.cache.relocate((id, offset as u32), (at.segment, at.offset));
+                    match moved {
+                        None => st.mark_dead(at.segment, bytes),
+                        Some(cache_slot) => {
+                            st.mark_dead(id, bytes);
+                            st.cache.relocate(cache_slot, from, (at.segment, at.offset));
+                        }
                     }
                     st.counters.compaction_bytes_copied += bytes as u64;
                 };

@@ -121,18 +121,21 @@ impl State {
             .expect("the active segment is registered")
             .note_record(bytes, header.seq);
         let entry = KeyEntry::at(header, at.segment, at.offset);
-        let old = match self.keydir.apply(header.partition, key, entry) {
+        // A tombstone's value is its causal context, which reads get from
+        // the record itself; only live values are worth caching.
+        let cached = (!entry.is_tombstone()).then_some(value);
+        let cache = &mut self.cache;
+        let slot_for = |old: Option<&KeyEntry>| {
+            let old = old.map(|o| (o.cache_slot, (o.segment, o.offset)));
+            cache.write(old, (at.segment, at.offset), cached)
+        };
+        let old = match self.keydir.apply(header.partition, key, entry, slot_for) {
             Applied::Newer(old) => old,
             Applied::Stale => unreachable!("a fresh sequence number is always the newest"),
         };
         if let Some(old) = old {
             self.mark_dead(old.segment, old.record_bytes());
         }
-        // A tombstone's value is its causal context, which reads get from
-        // the record itself; only live values are worth caching.
-        let cached = (!entry.is_tombstone()).then_some(value);
-        self.cache
-            .write(old.map(|o| (o.segment, o.offset)), (at.segment, at.offset), cached);
     }
 }
 
@@ -360,7 +363,7 @@ impl Engine {
                     return Ok(Some(to_record(&entry, value)));
                 }
             }
-            if let Some(value) = st.cache.get(entry.segment, entry.offset) {
+            if let Some(value) = st.cache.get(entry.cache_slot, (entry.segment, entry.offset)) {
                 return Ok(Some(to_record(&entry, value)));
             }
             let file = st
@@ -387,12 +390,14 @@ impl Engine {
         let value = Bytes::copy_from_slice(view.value);
         let mut st = self.inner.state.borrow_mut();
         st.counters.disk_reads += 1;
-        // Compaction or a put may have moved the key on during the read;
-        // caching the value at a location no longer named would only hold
-        // memory until eviction.
-        let current = st.keydir.get(partition, key).map(|e| (e.segment, e.offset));
-        if current == Some((entry.segment, entry.offset)) {
-            st.cache.insert(entry.segment, entry.offset, value.clone());
+        // Compaction or a put may have moved the key on during the read, and
+        // a concurrent read of the key may have cached it already.
+        let State { keydir, cache, .. } = &mut *st;
+        let location = (entry.segment, entry.offset);
+        if let Some(current) = keydir.get_mut(partition, key) {
+            if (current.segment, current.offset) == location && !cache.holds(current.cache_slot, location) {
+                current.cache_slot = cache.insert(location, value.clone());
+            }
         }
         Ok(Some(to_record(&entry, value)))
     }

@@ -18,6 +18,7 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 use smallvec::SmallVec;
 
+use crate::cache::NO_SLOT;
 use crate::merkle::MerkleTree;
 use crate::record::FLAG_TOMBSTONE;
 
@@ -37,6 +38,10 @@ pub(crate) struct KeyEntry {
     pub(crate) value_len: u32,
     pub(crate) key_len: u16,
     pub(crate) flags: u8,
+    /// The value's slot in the shard's value cache (`cache::NO_SLOT` if
+    /// none). It counts only while the slot still holds this record's
+    /// location; the cache checks.
+    pub(crate) cache_slot: u32,
 }
 
 impl KeyEntry {
@@ -50,6 +55,7 @@ impl KeyEntry {
             value_len: header.value_len,
             key_len: header.key_len,
             flags: header.flags,
+            cache_slot: NO_SLOT,
         }
     }
 
@@ -90,6 +96,10 @@ impl Keydir {
         self.partitions.get(&partition)?.keys.get(key)
     }
 
+    pub(crate) fn get_mut(&mut self, partition: u32, key: &[u8]) -> Option<&mut KeyEntry> {
+        self.partitions.get_mut(&partition)?.keys.get_mut(key)
+    }
+
     pub(crate) fn partition(&self, partition: u32) -> Option<&PartitionIndex> {
         self.partitions.get(&partition)
     }
@@ -103,19 +113,30 @@ impl Keydir {
     }
 
     /// Installs `entry` if it is newer than what the key has. Ties (the same
-    /// record copied by compaction) keep the existing entry.
-    pub(crate) fn apply(&mut self, partition: u32, key: &[u8], entry: KeyEntry) -> Applied {
+    /// record copied by compaction) keep the existing entry. `cache_slot`
+    /// is told the entry being replaced and gives the new one's value
+    /// cache slot; it is called only if `entry` is installed, in the same
+    /// probe of the table.
+    pub(crate) fn apply(
+        &mut self,
+        partition: u32,
+        key: &[u8],
+        mut entry: KeyEntry,
+        cache_slot: impl FnOnce(Option<&KeyEntry>) -> u32,
+    ) -> Applied {
         debug_assert_eq!(usize::from(entry.key_len), key.len());
         let index = self.partitions.entry(partition).or_default();
         match index.keys.entry_ref(key) {
             EntryRef::Occupied(existing) if existing.get().seq >= entry.seq => Applied::Stale,
             EntryRef::Occupied(mut existing) => {
+                entry.cache_slot = cache_slot(Some(existing.get()));
                 let old = std::mem::replace(existing.get_mut(), entry);
                 index.merkle.toggle(key, old.body_checksum);
                 index.merkle.toggle(key, entry.body_checksum);
                 Applied::Newer(Some(old))
             }
             EntryRef::Vacant(vacant) => {
+                entry.cache_slot = cache_slot(None);
                 vacant.insert(entry);
                 index.merkle.toggle(key, entry.body_checksum);
                 self.keys += 1;
@@ -125,17 +146,15 @@ impl Keydir {
     }
 
     /// Points a key at a copy of its record, if the key still names the
-    /// original. Returns whether it moved. The object (and so the Merkle
-    /// tree) is unchanged.
-    pub(crate) fn relocate(&mut self, partition: u32, key: &[u8], from: (u32, u32), to: (u32, u32)) -> bool {
-        let Some(entry) = self.partitions.get_mut(&partition).and_then(|p| p.keys.get_mut(key)) else {
-            return false;
-        };
+    /// original. Returns the key's value cache slot if it moved. The object
+    /// (and so the Merkle tree) is unchanged.
+    pub(crate) fn relocate(&mut self, partition: u32, key: &[u8], from: (u32, u32), to: (u32, u32)) -> Option<u32> {
+        let entry = self.get_mut(partition, key)?;
         if (entry.segment, entry.offset) != from {
-            return false;
+            return None;
         }
         (entry.segment, entry.offset) = to;
-        true
+        Some(entry.cache_slot)
     }
 
     /// Removes a key whose newest record is the tombstone with `seq`.
@@ -168,6 +187,7 @@ mod tests {
             value_len: 1,
             key_len: 1,
             flags: 0,
+            cache_slot: NO_SLOT,
         }
     }
 
@@ -176,10 +196,10 @@ mod tests {
         let mut a = Keydir::default();
         let mut b = Keydir::default();
         for e in [entry(1, 10), entry(3, 30), entry(2, 20)] {
-            a.apply(0, b"k", e);
+            a.apply(0, b"k", e, |_| NO_SLOT);
         }
         for e in [entry(3, 30), entry(1, 10), entry(2, 20)] {
-            b.apply(0, b"k", e);
+            b.apply(0, b"k", e, |_| NO_SLOT);
         }
         assert_eq!(a.get(0, b"k"), b.get(0, b"k"));
         assert_eq!(a.get(0, b"k").unwrap().seq, 3);
@@ -190,9 +210,13 @@ mod tests {
     #[test]
     fn relocate_only_moves_the_named_record() {
         let mut kd = Keydir::default();
-        kd.apply(0, b"k", entry(5, 1));
-        assert!(!kd.relocate(0, b"k", (9, 9), (2, 0)));
-        assert!(kd.relocate(0, b"k", (1, 5), (2, 0)));
+        kd.apply(0, b"k", entry(5, 1), |_| 7);
+        assert_eq!(kd.relocate(0, b"k", (9, 9), (2, 0)), None);
+        assert_eq!(
+            kd.relocate(0, b"k", (1, 5), (2, 0)),
+            Some(7),
+            "the cache slot goes along"
+        );
         assert_eq!(kd.get(0, b"k").unwrap().segment, 2);
     }
 
@@ -201,11 +225,11 @@ mod tests {
         let mut kd = Keydir::default();
         let mut tomb = entry(4, 1);
         tomb.flags = FLAG_TOMBSTONE;
-        kd.apply(0, b"k", tomb);
+        kd.apply(0, b"k", tomb, |_| NO_SLOT);
         assert!(kd.remove_tombstone(0, b"k", 3).is_none());
         assert!(kd.remove_tombstone(0, b"k", 4).is_some());
         assert_eq!(kd.key_count(), 0);
-        kd.apply(0, b"v", entry(5, 1));
+        kd.apply(0, b"v", entry(5, 1), |_| NO_SLOT);
         assert!(
             kd.remove_tombstone(0, b"v", 5).is_none(),
             "a live value is not a tombstone"
@@ -220,10 +244,11 @@ mod tests {
             "one slot: 24 key bytes and a length"
         );
         assert!(!StoredKey::from_slice(&[7; 24]).spilled());
+        assert_eq!(std::mem::size_of::<KeyEntry>(), 40, "docs/storage-format.md says 40");
         let mut kd = Keydir::default();
         let long = [9u8; 300];
         let header = crate::record::header_for(0, 1, 0, 300, 1, 0);
-        kd.apply(0, &long, KeyEntry::at(&header, 1, 0));
+        kd.apply(0, &long, KeyEntry::at(&header, 1, 0), |_| NO_SLOT);
         assert_eq!(kd.get(0, &long).map(|e| e.seq), Some(1));
         assert!(kd.get(0, &long[..299]).is_none());
     }

@@ -19,6 +19,7 @@ use glommio::sync::Semaphore;
 use glommio::{Latency, Shares};
 
 use crate::cache::ReadCache;
+use crate::cache::NO_SLOT;
 use crate::config::EngineConfig;
 use crate::engine::{Engine, Inner, State};
 use crate::error::{EngineError, Result};
@@ -123,7 +124,7 @@ impl Loader {
             .note_record(bytes, entry.seq);
         self.seq_max = self.seq_max.max(entry.seq);
         self.report.records += 1;
-        let dead = match self.keydir.apply(partition, key, entry) {
+        let dead = match self.keydir.apply(partition, key, entry, |_| NO_SLOT) {
             Applied::Newer(Some(old)) => Some((old.segment, old.record_bytes())),
             Applied::Newer(None) => None,
             Applied::Stale => Some((segment, bytes)),
@@ -149,6 +150,7 @@ impl Loader {
                 value_len: e.value_len,
                 key_len: e.key_len,
                 flags: e.flags,
+                cache_slot: NO_SLOT,
             };
             self.apply(id, e.partition, key, entry);
         }
