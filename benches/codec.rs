@@ -55,8 +55,7 @@ fn bench_codec(c: &mut Criterion) {
         [Sibling {
             tombstone: false,
             value: &value,
-        }]
-        .into_iter(),
+        }],
     );
     group.bench_function("decode/siblings_1x100B", |b| {
         b.iter(|| black_box(decode_siblings(black_box(&siblings)).map(|s| s.len())))

@@ -260,3 +260,18 @@ pub fn encode(out: &mut Vec<u8>, head: &Head, key: &[u8], context: &[u8], value:
     out.extend_from_slice(context);
     out.extend_from_slice(value);
 }
+
+/// Like [`encode`], with the value section appended to `out` by
+/// `write_value`: a value built from parts (a sibling list) needs no
+/// buffer of its own. The header's value length and checksum are patched
+/// once the value is written.
+pub fn encode_with(out: &mut Vec<u8>, head: &Head, key: &[u8], context: &[u8], write_value: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    encode(out, head, key, context, &[]);
+    let value_start = out.len();
+    write_value(out);
+    let mut header: FrameHeader = bytemuck::pod_read_unaligned(&out[start..start + FRAME_HEADER_BYTES]);
+    header.value_len = u32::try_from(out.len() - value_start).expect("frame sections are bounded far below 4 GiB");
+    header.header_checksum = header_checksum(&header);
+    out[start..start + FRAME_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
+}

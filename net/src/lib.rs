@@ -24,8 +24,9 @@ mod siblings;
 
 pub use client::{CallOptions, Client, ClientError, ClientOptions, Connection, GetResult, Response};
 pub use frame::{
-    check_header, decode, encode, Decoded, Frame, FrameError, FrameHeader, FrameLimits, Head, FLAG_BACKGROUND,
-    FLAG_FALLBACK, FLAG_RESPONSE, FLAG_SUPERSEDE_LOCAL, FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_VERSION,
+    check_header, decode, encode, encode_with, Decoded, Frame, FrameError, FrameHeader, FrameLimits, Head,
+    FLAG_BACKGROUND, FLAG_FALLBACK, FLAG_RESPONSE, FLAG_SUPERSEDE_LOCAL, FRAME_HEADER_BYTES, FRAME_MAGIC,
+    FRAME_VERSION,
 };
 pub use opcode::{Opcode, Status};
 pub use siblings::{decode_siblings, encode_siblings, Sibling, SiblingsError, SIBLINGS_MAX, SIBLING_TOMBSTONE};

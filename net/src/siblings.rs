@@ -28,17 +28,22 @@ pub enum SiblingsError {
     BadFlags(u8),
 }
 
-/// Appends the encoding of `siblings` to `out`.
-pub fn encode_siblings<'a>(out: &mut Vec<u8>, siblings: impl ExactSizeIterator<Item = Sibling<'a>>) {
-    let count = u32::try_from(siblings.len()).expect("sibling count is bounded by SIBLINGS_MAX");
-    assert!(count <= SIBLINGS_MAX, "{count} siblings exceed {SIBLINGS_MAX}");
-    out.extend_from_slice(&count.to_le_bytes());
+/// Appends the encoding of `siblings` to `out`. The count is written
+/// once they are, so any iterator will do (a server streams them from its
+/// stored version without collecting them first).
+pub fn encode_siblings<'a>(out: &mut Vec<u8>, siblings: impl IntoIterator<Item = Sibling<'a>>) {
+    let count_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let mut count = 0u32;
     for s in siblings {
+        count += 1;
         out.push(if s.tombstone { SIBLING_TOMBSTONE } else { 0 });
         let len = u32::try_from(s.value.len()).expect("values are bounded far below 4 GiB");
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(s.value);
     }
+    assert!(count <= SIBLINGS_MAX, "{count} siblings exceed {SIBLINGS_MAX}");
+    out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
 }
 
 /// Splits `n` bytes off the front of `bytes`.

@@ -2,8 +2,8 @@
 //! and rejection of every kind of bad header before any allocation.
 
 use dynkv_net::{
-    decode, decode_siblings, encode, encode_siblings, Decoded, FrameError, FrameLimits, Head, Opcode, Sibling,
-    SiblingsError, Status, FRAME_HEADER_BYTES, SIBLINGS_MAX,
+    decode, decode_siblings, encode, encode_siblings, encode_with, Decoded, FrameError, FrameLimits, Head, Opcode,
+    Sibling, SiblingsError, Status, FRAME_HEADER_BYTES, SIBLINGS_MAX,
 };
 use proptest::prelude::*;
 
@@ -93,7 +93,15 @@ proptest! {
         let siblings: Vec<Sibling<'_>> = values.iter().map(|(t, v)| Sibling { tombstone: *t, value: v }).collect();
         let mut wire = Vec::new();
         encode_siblings(&mut wire, siblings.iter().copied());
-        prop_assert_eq!(decode_siblings(&wire).unwrap(), siblings);
+        prop_assert_eq!(decode_siblings(&wire).unwrap(), siblings.clone());
+        // Streamed into a frame, as a server answers a read: the same bytes
+        // as a frame around the sibling list built apart.
+        let head = Head::response(Opcode::Get as u8, 9, Status::Ok);
+        let mut apart = vec![1, 2, 3];
+        encode(&mut apart, &head, b"k", b"ctx", &wire);
+        let mut streamed = vec![1, 2, 3];
+        encode_with(&mut streamed, &head, b"k", b"ctx", |out| encode_siblings(out, siblings.iter().copied()));
+        prop_assert_eq!(streamed, apart);
     }
 
     #[test]
@@ -167,8 +175,7 @@ fn malformed_sibling_lists_are_errors() {
         [Sibling {
             tombstone: false,
             value: b"v",
-        }]
-        .into_iter(),
+        }],
     );
     wire.push(0);
     assert_eq!(decode_siblings(&wire), Err(SiblingsError::Trailing(1)));

@@ -190,7 +190,7 @@ impl Shard {
                     )
                     .await
                 {
-                    Outcome::Object(clock) => Ok(*clock),
+                    Outcome::Object(clock) => Ok(clock),
                     Outcome::Failed(_, message) => Err(message),
                     _ => Err("a shard answered a replica read with something else".into()),
                 }

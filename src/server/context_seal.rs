@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use dynkv::object::{context_bytes, decode_context};
+use dynkv::object::{decode_context, encode_context};
 use dynkv::version::VersionVector;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -70,7 +70,8 @@ impl ContextSeal {
 
     /// The context bytes a client gets.
     pub(crate) fn seal(&self, context: &VersionVector) -> Vec<u8> {
-        let mut out = context_bytes(context);
+        let mut out = Vec::with_capacity(3 + 16 * context.entries().len() + TAG_BYTES);
+        encode_context(context, &mut out);
         let tag = self.tag(&out);
         out.extend_from_slice(&tag);
         out
@@ -133,7 +134,7 @@ mod tests {
         derive.update(b"dynkv-context-key-v2");
         let key = derive.finalize().into_bytes();
         let mut mac = SipHasher24::new_with_key(key[..16].try_into().unwrap());
-        let body = context_bytes(&vv);
+        let body = dynkv::object::context_bytes(&vv);
         mac.write(&body);
         assert_eq!(sealed, [&body[..], &mac.finish128().as_bytes()[..]].concat());
     }

@@ -409,7 +409,7 @@ impl Shard {
         if view.primaries(partition).len() == 1 {
             // The only replica is this shard: no round, no repair.
             return match self.read_local(partition, key).await {
-                Ok(clock) => Outcome::Object(Box::new(clock)),
+                Ok(clock) => Outcome::Object(clock),
                 Err(outcome) => outcome,
             };
         }
@@ -453,7 +453,7 @@ impl Shard {
         let key = key.to_vec();
         glommio::spawn_local(async move { shard.drive_get(plan, partition, key, answer).await }).detach();
         match outcome.await {
-            Ok(Ok(clock)) => Outcome::Object(Box::new(clock)),
+            Ok(Ok(clock)) => Outcome::Object(clock),
             Ok(Err(err)) => quorum_failure(err),
             Err(_) => Outcome::failed(Status::ShuttingDown, "the read's round was dropped"),
         }
@@ -523,7 +523,7 @@ impl Shard {
                 ..RequestOptions::default()
             };
             let clock = match self.replica_local(Op::ReplicaGet, partition, key, &[], options).await {
-                Outcome::Object(clock) => Some(*clock),
+                Outcome::Object(clock) => Some(clock),
                 _ => None,
             };
             return (send.to, clock);

@@ -12,8 +12,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use dynkv_net::{
-    decode, encode, encode_siblings, Decoded, Frame, FrameLimits, Head, Opcode, Sibling, Status, FLAG_BACKGROUND,
-    FLAG_FALLBACK, FLAG_SUPERSEDE_LOCAL,
+    decode, encode, encode_siblings, encode_with, Decoded, Frame, FrameLimits, Head, Opcode, Sibling, Status,
+    FLAG_BACKGROUND, FLAG_FALLBACK, FLAG_SUPERSEDE_LOCAL,
 };
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -73,19 +73,13 @@ fn respond(shard: &Shard, out: &mut Vec<u8>, frame: &Frame<'_>, outcome: Outcome
                 encode(out, &Head::response(opcode, id, Status::NotFound), &[], &context, &[]);
                 return;
             }
-            let mut siblings = Vec::with_capacity(64);
-            encode_siblings(
-                &mut siblings,
-                clock
-                    .siblings()
-                    .map(|s| Sibling {
-                        tombstone: s.is_tombstone(),
-                        value: s.value.as_deref().unwrap_or(&[]),
-                    })
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-            );
-            encode(out, &Head::response(opcode, id, Status::Ok), &[], &context, &siblings);
+            let siblings = clock.siblings().map(|s| Sibling {
+                tombstone: s.is_tombstone(),
+                value: s.value.as_deref().unwrap_or(&[]),
+            });
+            encode_with(out, &Head::response(opcode, id, Status::Ok), &[], &context, |out| {
+                encode_siblings(out, siblings)
+            });
         }
         Outcome::Bytes(bytes) => encode(out, &Head::response(opcode, id, Status::Ok), &[], &[], &bytes),
         Outcome::Stats(report) => {

@@ -227,7 +227,7 @@ impl Shard {
 fn relayed(op: Op, response: dynkv_net::Response) -> Outcome {
     match Status::from_u8(response.status) {
         Some(Status::Ok) if op == Op::Get => match decode_object(&response.value) {
-            Ok(clock) => Outcome::Object(Box::new(clock)),
+            Ok(clock) => Outcome::Object(clock),
             Err(err) => Outcome::failed(Status::Internal, format!("a coordinator sent a bad object: {err}")),
         },
         Some(Status::Ok) => Outcome::Done,

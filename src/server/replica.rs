@@ -22,7 +22,7 @@ impl Shard {
     ) -> Outcome {
         match (op, options.hint_for) {
             (Op::ReplicaGet, None) => match self.read_local(partition, key).await {
-                Ok(clock) => Outcome::Object(Box::new(clock)),
+                Ok(clock) => Outcome::Object(clock),
                 Err(outcome) => outcome,
             },
             // Everything held for the key's primaries: a fallback round's
@@ -33,7 +33,7 @@ impl Shard {
                 .read_any(&self.hint_targets(partition, target), partition, key)
                 .await
             {
-                Ok(clock) => Outcome::Object(Box::new(clock)),
+                Ok(clock) => Outcome::Object(clock),
                 Err(message) => Outcome::failed(Status::Internal, message),
             },
             (Op::ReplicaPut, hint_for) => {

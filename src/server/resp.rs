@@ -144,7 +144,7 @@ enum Read {
     /// The key's object; its value is the last writer's (absent if that
     /// is a tombstone). Kept whole so that replies borrow the value
     /// instead of copying it.
-    Object(Box<dynkv::version::Clock>),
+    Object(dynkv::version::Clock),
     Failed(Outcome),
 }
 
