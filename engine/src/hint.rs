@@ -7,10 +7,11 @@
 //! instead: hints are an optimisation, never the source of truth.
 
 use std::path::Path;
+use std::rc::Rc;
 
 use bytemuck::{Pod, Zeroable};
-use glommio::io::{DmaFile, OpenOptions};
-use xxhash_rust::xxh3::xxh3_64;
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{EngineError, Result};
 
@@ -57,42 +58,37 @@ impl HintFileHeader {
     }
 }
 
-/// Accumulates entries in memory, then writes the file.
+/// Bytes of a hint file staged in memory before they are written out.
+const HINT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Streams a hint file out as its entries come, through one reused chunk
+/// buffer, so a hint costs 1 MiB of memory however large its segment.
+///
+/// Building the whole payload in memory and then copying it into an
+/// aligned buffer cost a shard 5% of its CPU under an update load: a 64 MiB
+/// segment of small records makes a hint of about 17 MiB, and each such
+/// buffer, fresh from the OS, was zeroed page by page by the kernel. The
+/// header (counts and payload checksum) is known only at the end, so the
+/// file's first aligned block is kept and written again last.
 pub(crate) struct HintWriter {
     segment_id: u32,
+    file: DmaFile,
+    chunk: Rc<DmaBuffer>,
+    /// Bytes of `chunk` filled.
+    fill: usize,
+    /// Bytes of the file written so far (whole chunks).
+    written: u64,
+    /// The file's first aligned block as first written (the header's
+    /// place zeroed), once the first chunk has gone out.
+    first_block: Option<Vec<u8>>,
     entries: u64,
-    payload: Vec<u8>,
+    payload_bytes: u64,
+    payload_hash: Xxh3,
 }
 
 impl HintWriter {
-    pub(crate) fn new(segment_id: u32) -> HintWriter {
-        HintWriter {
-            segment_id,
-            entries: 0,
-            payload: Vec::new(),
-        }
-    }
-
-    pub(crate) fn push(&mut self, entry: &HintEntry, key: &[u8]) {
-        assert_eq!(usize::from(entry.key_len), key.len(), "hint key length mismatch");
-        self.payload.extend_from_slice(bytemuck::bytes_of(entry));
-        self.payload.extend_from_slice(key);
-        self.entries += 1;
-    }
-
-    /// Writes the hint durably as `final_path` via `tmp_path`.
-    pub(crate) async fn write(self, tmp_path: &Path, final_path: &Path) -> Result<()> {
-        let mut header = HintFileHeader {
-            magic: HINT_MAGIC,
-            format: HINT_FORMAT,
-            segment_id: self.segment_id,
-            entry_count: self.entries,
-            payload_bytes: self.payload.len() as u64,
-            payload_checksum: xxh3_64(&self.payload),
-            reserved: [0; 2],
-            header_checksum: 0,
-        };
-        header.header_checksum = header.checksum();
+    /// Creates the hint of `segment_id` at `tmp_path`; `finish` renames it.
+    pub(crate) async fn create(segment_id: u32, tmp_path: &Path) -> Result<HintWriter> {
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -100,30 +96,138 @@ impl HintWriter {
             .dma_open(tmp_path)
             .await
             .map_err(|e| EngineError::glommio("creating hint file", tmp_path, e))?;
-        let logical = HINT_HEADER_BYTES + self.payload.len();
-        let physical = file.align_up(logical as u64) as usize;
-        let mut buf = file.alloc_dma_buffer(physical);
-        let bytes = buf.as_bytes_mut();
-        bytes[..HINT_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
-        bytes[HINT_HEADER_BYTES..logical].copy_from_slice(&self.payload);
-        bytes[logical..].fill(0);
-        let io = |e| EngineError::glommio("writing hint file", tmp_path, e);
-        let written = file.write_at(buf, 0).await.map_err(io)?;
-        if written != physical {
-            return Err(EngineError::io(
-                "writing hint file",
-                tmp_path,
-                std::io::Error::new(
-                    std::io::ErrorKind::StorageFull,
-                    format!("short write: {written} of {physical}"),
-                ),
-            ));
-        }
-        file.fdatasync().await.map_err(io)?;
-        file.rename(final_path).await.map_err(io)?;
-        file.close().await.map_err(io)?;
+        let chunk = Rc::new(file.alloc_dma_buffer(HINT_CHUNK_BYTES));
+        debug_assert_eq!(file.align_up(HINT_CHUNK_BYTES as u64), HINT_CHUNK_BYTES as u64);
+        Ok(HintWriter {
+            segment_id,
+            file,
+            chunk,
+            // The header's place; it is filled in at the end.
+            fill: HINT_HEADER_BYTES,
+            written: 0,
+            first_block: None,
+            entries: 0,
+            payload_bytes: 0,
+            payload_hash: Xxh3::new(),
+        })
+    }
+
+    pub(crate) async fn push(&mut self, entry: &HintEntry, key: &[u8], tmp_path: &Path) -> Result<()> {
+        assert_eq!(usize::from(entry.key_len), key.len(), "hint key length mismatch");
+        self.append(bytemuck::bytes_of(entry), tmp_path).await?;
+        self.append(key, tmp_path).await?;
+        self.entries += 1;
         Ok(())
     }
+
+    async fn append(&mut self, mut bytes: &[u8], tmp_path: &Path) -> Result<()> {
+        self.payload_hash.update(bytes);
+        self.payload_bytes += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let n = bytes.len().min(HINT_CHUNK_BYTES - self.fill);
+            let fill = self.fill;
+            self.chunk_mut()[fill..fill + n].copy_from_slice(&bytes[..n]);
+            self.fill += n;
+            bytes = &bytes[n..];
+            if self.fill == HINT_CHUNK_BYTES {
+                if self.first_block.is_none() {
+                    let block = self.file.align_up(HINT_HEADER_BYTES as u64) as usize;
+                    let mut first = self.chunk.as_bytes()[..block].to_vec();
+                    first[..HINT_HEADER_BYTES].fill(0);
+                    self.first_block = Some(first);
+                }
+                let io = |e| EngineError::glommio("writing hint file", tmp_path, e);
+                let written = self
+                    .file
+                    .write_rc_at(self.chunk.clone(), self.written)
+                    .await
+                    .map_err(io)?;
+                check_written(written, HINT_CHUNK_BYTES, tmp_path)?;
+                self.written += HINT_CHUNK_BYTES as u64;
+                self.fill = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// The chunk, to fill; its last write has completed, so nothing else
+    /// holds it (a fresh one if something unexpectedly still does).
+    fn chunk_mut(&mut self) -> &mut [u8] {
+        if Rc::get_mut(&mut self.chunk).is_none() {
+            self.chunk = Rc::new(self.file.alloc_dma_buffer(HINT_CHUNK_BYTES));
+        }
+        Rc::get_mut(&mut self.chunk)
+            .expect("a fresh chunk has one owner")
+            .as_bytes_mut()
+    }
+
+    /// Writes what is staged and the header, makes the file durable, and
+    /// renames it to `final_path`.
+    pub(crate) async fn finish(mut self, tmp_path: &Path, final_path: &Path) -> Result<()> {
+        let mut header = HintFileHeader {
+            magic: HINT_MAGIC,
+            format: HINT_FORMAT,
+            segment_id: self.segment_id,
+            entry_count: self.entries,
+            payload_bytes: self.payload_bytes,
+            payload_checksum: self.payload_hash.digest(),
+            reserved: [0; 2],
+            header_checksum: 0,
+        };
+        header.header_checksum = header.checksum();
+        debug_assert_eq!(
+            self.written + self.fill as u64,
+            (HINT_HEADER_BYTES as u64) + self.payload_bytes,
+            "every staged byte is the header's place or payload"
+        );
+        let io = |e| EngineError::glommio("writing hint file", tmp_path, e);
+        let tail = self.file.align_up(self.fill as u64) as usize;
+        let (fill, header_here) = (self.fill, self.first_block.is_none());
+        let chunk = self.chunk_mut();
+        chunk[fill..tail].fill(0);
+        if header_here {
+            chunk[..HINT_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
+        }
+        if tail > 0 {
+            let mut last = match Rc::try_unwrap(self.chunk) {
+                Ok(chunk) => chunk,
+                // Not reached: chunk_mut made the chunk ours alone.
+                Err(shared) => {
+                    let mut copy = self.file.alloc_dma_buffer(HINT_CHUNK_BYTES);
+                    copy.as_bytes_mut().copy_from_slice(shared.as_bytes());
+                    copy
+                }
+            };
+            last.trim_to_size(tail);
+            let written = self.file.write_at(last, self.written).await.map_err(io)?;
+            check_written(written, tail, tmp_path)?;
+        }
+        if let Some(mut first) = self.first_block.take() {
+            first[..HINT_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
+            let mut block = self.file.alloc_dma_buffer(first.len());
+            block.as_bytes_mut().copy_from_slice(&first);
+            let written = self.file.write_at(block, 0).await.map_err(io)?;
+            check_written(written, first.len(), tmp_path)?;
+        }
+        self.file.fdatasync().await.map_err(io)?;
+        self.file.rename(final_path).await.map_err(io)?;
+        self.file.close().await.map_err(io)?;
+        Ok(())
+    }
+}
+
+fn check_written(written: usize, expected: usize, path: &Path) -> Result<()> {
+    if written == expected {
+        return Ok(());
+    }
+    Err(EngineError::io(
+        "writing hint file",
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("short write: {written} of {expected}"),
+        ),
+    ))
 }
 
 /// Reads a hint file. Returns `None` (and the caller scans the segment) if

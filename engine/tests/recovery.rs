@@ -173,6 +173,51 @@ fn reopening_with_hint_files_reads_no_values() {
 }
 
 #[test]
+fn a_hint_larger_than_its_write_chunk_reopens_every_key() {
+    // 40,000 entries of 41 bytes: the hint streams out in more than one
+    // 1 MiB chunk, and its header is written last.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(dir.path());
+    config.segment_size_max_bytes = 16 << 20;
+    config.sync = dynkv_engine::SyncMode::Never;
+    let n = 40_000;
+    run(async {
+        let engine = Engine::open(config.clone()).await.unwrap();
+        for i in 0..n {
+            engine.put(i % 4, &key(i), &i.to_le_bytes()).await.unwrap();
+        }
+        engine.close().await.unwrap();
+    });
+    let hints: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "hint"))
+        .collect();
+    assert_eq!(hints.len(), 1, "one segment, one hint: {hints:?}");
+    let payload_bytes = u64::from(n) * (32 + 9);
+    let size = std::fs::metadata(&hints[0]).unwrap().len();
+    assert!(
+        size >= 64 + payload_bytes && size < 64 + payload_bytes + 4096,
+        "header, payload and padding to one block: {size}"
+    );
+    run(async {
+        let engine = Engine::open(config).await.unwrap();
+        let report = engine.recovery_report();
+        assert_eq!(
+            (report.segments_scanned, report.segments_from_hints),
+            (0, 1),
+            "{report:?}"
+        );
+        assert_eq!(report.keys, u64::from(n));
+        for i in (0..n).step_by(997).chain([n - 1]) {
+            let got = engine.get(i % 4, &key(i)).await.unwrap().unwrap();
+            assert_eq!(got.value[..], i.to_le_bytes());
+        }
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
 fn a_damaged_hint_file_falls_back_to_scanning() {
     let dir = tempfile::tempdir().unwrap();
     let newest = write_and_close(dir.path(), 100);
