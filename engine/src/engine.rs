@@ -356,15 +356,18 @@ impl Engine {
             let Some(&entry) = st.keydir.get(partition, key) else {
                 return Ok(None);
             };
+            // The cache first: a put caches its value (while there is
+            // room), so a value still in the write buffer is usually cached
+            // too, and the cache hands it out without a copy.
+            if let Some(value) = st.cache.get(entry.cache_slot, (entry.segment, entry.offset)) {
+                return Ok(Some(to_record(&entry, value)));
+            }
             let record_bytes = entry.record_bytes();
             if entry.segment == st.writer.segment_id {
                 if let Some(bytes) = st.writer.read_unwritten(u64::from(entry.offset), record_bytes) {
                     let value = Bytes::copy_from_slice(&bytes[record_bytes - entry.value_len as usize..]);
                     return Ok(Some(to_record(&entry, value)));
                 }
-            }
-            if let Some(value) = st.cache.get(entry.cache_slot, (entry.segment, entry.offset)) {
-                return Ok(Some(to_record(&entry, value)));
             }
             let file = st
                 .segments

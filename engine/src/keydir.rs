@@ -131,8 +131,9 @@ impl Keydir {
             EntryRef::Occupied(mut existing) => {
                 entry.cache_slot = cache_slot(Some(existing.get()));
                 let old = std::mem::replace(existing.get_mut(), entry);
-                index.merkle.toggle(key, old.body_checksum);
-                index.merkle.toggle(key, entry.body_checksum);
+                // Out with the old contribution, in with the new: XOR is
+                // linear, so one toggle (one leaf hash) does both.
+                index.merkle.toggle(key, old.body_checksum ^ entry.body_checksum);
                 Applied::Newer(Some(old))
             }
             EntryRef::Vacant(vacant) => {
