@@ -159,6 +159,15 @@ impl ReadCache {
         }
     }
 
+    /// Reads the first byte of `slot`'s value, if any, without counting a
+    /// hit or a miss: brings the slot and the value's start into the CPU
+    /// cache (see `Engine::prefetch`).
+    pub(crate) fn prefetch(&self, slot: u32) {
+        if let Some(Some(value)) = self.slots.get(slot as usize).map(|s| s.value.as_ref()) {
+            std::hint::black_box(value.first());
+        }
+    }
+
     /// Whether `slot` holds the value of the record at `location`.
     pub(crate) fn holds(&self, slot: u32, location: (u32, u32)) -> bool {
         self.live_slot(slot, location).is_some()

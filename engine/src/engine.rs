@@ -344,6 +344,19 @@ impl Engine {
         self.write(partition, FLAG_TOMBSTONE, key, context).await
     }
 
+    /// Touches what a get of `key` would read (its keydir slot and cached
+    /// value) so that it is in the CPU cache when the get comes, and
+    /// nothing else. A server calls it for every key of a pipelined batch
+    /// before serving the batch: these lookups do not depend on each other,
+    /// so the CPU overlaps their memory misses, where the gets themselves,
+    /// one after another, would wait for each miss in turn.
+    pub fn prefetch(&self, partition: u32, key: &[u8]) {
+        let Ok(st) = self.inner.state.try_borrow() else { return };
+        if let Some(entry) = st.keydir.get(partition, key) {
+            st.cache.prefetch(entry.cache_slot);
+        }
+    }
+
     /// The newest record of `key`: a value, a tombstone, or `None`. Costs at
     /// most one disk read; recently read values come from the cache.
     pub async fn get(&self, partition: u32, key: &[u8]) -> Result<Option<Record>> {

@@ -331,6 +331,11 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
             }
         }
         if !frames.is_empty() || fatal.is_some() {
+            if frames.len() > 1 {
+                for frame in &frames {
+                    shard.prefetch(frame.key);
+                }
+            }
             join_in_order(frames.iter().map(|f| handle(&shard, f, &out, port, admin))).await;
             drop(frames);
             let mut pending = std::mem::take(&mut *out.borrow_mut());

@@ -320,6 +320,14 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             }
         }
         if !commands.is_empty() || protocol_error.is_some() {
+            if commands.len() > 1 {
+                // The key of GET, SET, DEL and the rest (see Shard::prefetch).
+                for args in &commands {
+                    if let Some(key) = args.get(1) {
+                        shard.prefetch(key);
+                    }
+                }
+            }
             let replies = join_in_order(commands.iter().map(|args| async {
                 let mut out = Vec::new();
                 let keep_open = execute(&shard, args, &mut out).await;

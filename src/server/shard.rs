@@ -459,6 +459,14 @@ impl Shard {
             .unwrap_or_else(|_| Outcome::failed(Status::ShuttingDown, format!("shard {owner} dropped the request")))
     }
 
+    /// Brings what serving `key` here would read into the CPU cache; see
+    /// `Engine::prefetch`. A key another shard owns just misses.
+    pub(crate) fn prefetch(&self, key: &[u8]) {
+        if key.len() <= self.config.key_max_bytes {
+            self.engine.prefetch(self.q.partition_of(key), key);
+        }
+    }
+
     /// Reads this shard's stored version of `key` (empty if none).
     pub(crate) async fn read_local(&self, partition: u32, key: &[u8]) -> Result<Clock, Outcome> {
         match self.engine.get(partition, key).await {
