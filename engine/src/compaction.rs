@@ -220,8 +220,7 @@ pub(crate) async fn write_hint(inner: &Rc<Inner>, id: u32) -> Result<()> {
     let dir = &inner.config.dir;
     let path = segment_path(dir, id);
     let mut cursor = SegmentCursor::open(&file, &path, id, inner.config.record_max_bytes()).await?;
-    let tmp_path = hint_tmp_path(dir, id);
-    let mut hint = HintWriter::create(id, &tmp_path).await?;
+    let mut hint = HintWriter::create(id, &hint_tmp_path(dir, id)).await?;
     while let Some((offset, view)) = cursor.next().await? {
         let entry = HintEntry {
             seq: view.header.seq,
@@ -233,7 +232,7 @@ pub(crate) async fn write_hint(inner: &Rc<Inner>, id: u32) -> Result<()> {
             flags: view.header.flags,
             reserved: 0,
         };
-        hint.push(&entry, view.key, &tmp_path).await?;
+        hint.push(&entry, view.key).await?;
         glommio::yield_if_needed().await;
     }
     if !cursor.finish().corrupt.is_empty() {
@@ -241,7 +240,7 @@ pub(crate) async fn write_hint(inner: &Rc<Inner>, id: u32) -> Result<()> {
         // scanned at every open instead, which reports the damage again.
         return Ok(());
     }
-    hint.finish(&tmp_path, &hint_path(dir, id)).await?;
+    hint.finish(&hint_path(dir, id)).await?;
     inner
         .dir
         .sync()

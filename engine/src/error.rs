@@ -67,6 +67,25 @@ impl EngineError {
         EngineError::Io { op, path, source }
     }
 
+    /// A short write to a regular file means the filesystem ran out of
+    /// space part-way (the kernel reports ENOSPC only on the next call):
+    /// [`EngineError::DiskFull`] unless all `expected` bytes were written.
+    pub(crate) fn check_written(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        written: usize,
+        expected: usize,
+    ) -> Result<()> {
+        if written == expected {
+            return Ok(());
+        }
+        let short = io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("short write: {written} of {expected} bytes"),
+        );
+        Err(Self::io(op, path, short))
+    }
+
     /// Converts a glommio error into an engine error.
     pub(crate) fn glommio(op: &'static str, path: impl Into<PathBuf>, err: glommio::GlommioError<()>) -> Self {
         Self::io(op, path, io::Error::from(err))

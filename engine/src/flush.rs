@@ -141,17 +141,9 @@ async fn flush_once(inner: &Inner, sync: bool) -> Result<()> {
             .write_rc_at(batch.buf.clone(), batch.file_offset)
             .await
             .map_err(|e| EngineError::glommio("writing segment", path(), e))?;
-        // A short write to a regular file means the filesystem ran out of
-        // space part-way (the kernel reports ENOSPC only on the next call).
+        // The path is built only for an error.
         if written != expected {
-            return Err(EngineError::io(
-                "writing segment",
-                path(),
-                std::io::Error::new(
-                    std::io::ErrorKind::StorageFull,
-                    format!("short write: {written} of {expected} bytes"),
-                ),
-            ));
+            EngineError::check_written("writing segment", path(), written, expected)?;
         }
         {
             let mut st = inner.state.borrow_mut();
@@ -217,13 +209,7 @@ pub(crate) async fn create_segment(
         .write_rc_at(batch.buf.clone(), 0)
         .await
         .map_err(io("writing segment header"))?;
-    if written != expected {
-        return Err(EngineError::io(
-            "writing segment header",
-            path,
-            std::io::Error::new(std::io::ErrorKind::StorageFull, "short write"),
-        ));
-    }
+    EngineError::check_written("writing segment header", &path, written, expected)?;
     writer.batch_written(batch.lsn);
     file.fdatasync().await.map_err(io("syncing segment header"))?;
     writer.synced(batch.lsn);

@@ -6,7 +6,7 @@
 //! absent. A hint whose checksum fails is ignored and its segment scanned
 //! instead: hints are an optimisation, never the source of truth.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use bytemuck::{Pod, Zeroable};
@@ -73,6 +73,8 @@ const HINT_CHUNK_BYTES: usize = 1 << 20;
 pub(crate) struct HintWriter {
     segment_id: u32,
     file: DmaFile,
+    /// Where the file is written; `finish` renames it.
+    tmp_path: PathBuf,
     chunk: Rc<DmaBuffer>,
     /// Bytes of `chunk` filled.
     fill: usize,
@@ -101,6 +103,7 @@ impl HintWriter {
         Ok(HintWriter {
             segment_id,
             file,
+            tmp_path: tmp_path.to_path_buf(),
             chunk,
             // The header's place; it is filled in at the end.
             fill: HINT_HEADER_BYTES,
@@ -112,15 +115,15 @@ impl HintWriter {
         })
     }
 
-    pub(crate) async fn push(&mut self, entry: &HintEntry, key: &[u8], tmp_path: &Path) -> Result<()> {
+    pub(crate) async fn push(&mut self, entry: &HintEntry, key: &[u8]) -> Result<()> {
         assert_eq!(usize::from(entry.key_len), key.len(), "hint key length mismatch");
-        self.append(bytemuck::bytes_of(entry), tmp_path).await?;
-        self.append(key, tmp_path).await?;
+        self.append(bytemuck::bytes_of(entry)).await?;
+        self.append(key).await?;
         self.entries += 1;
         Ok(())
     }
 
-    async fn append(&mut self, mut bytes: &[u8], tmp_path: &Path) -> Result<()> {
+    async fn append(&mut self, mut bytes: &[u8]) -> Result<()> {
         self.payload_hash.update(bytes);
         self.payload_bytes += bytes.len() as u64;
         while !bytes.is_empty() {
@@ -136,13 +139,12 @@ impl HintWriter {
                     first[..HINT_HEADER_BYTES].fill(0);
                     self.first_block = Some(first);
                 }
-                let io = |e| EngineError::glommio("writing hint file", tmp_path, e);
                 let written = self
                     .file
                     .write_rc_at(self.chunk.clone(), self.written)
                     .await
-                    .map_err(io)?;
-                check_written(written, HINT_CHUNK_BYTES, tmp_path)?;
+                    .map_err(|e| EngineError::glommio("writing hint file", &self.tmp_path, e))?;
+                EngineError::check_written("writing hint file", &self.tmp_path, written, HINT_CHUNK_BYTES)?;
                 self.written += HINT_CHUNK_BYTES as u64;
                 self.fill = 0;
             }
@@ -163,7 +165,7 @@ impl HintWriter {
 
     /// Writes what is staged and the header, makes the file durable, and
     /// renames it to `final_path`.
-    pub(crate) async fn finish(mut self, tmp_path: &Path, final_path: &Path) -> Result<()> {
+    pub(crate) async fn finish(mut self, final_path: &Path) -> Result<()> {
         let mut header = HintFileHeader {
             magic: HINT_MAGIC,
             format: HINT_FORMAT,
@@ -180,7 +182,8 @@ impl HintWriter {
             (HINT_HEADER_BYTES as u64) + self.payload_bytes,
             "every staged byte is the header's place or payload"
         );
-        let io = |e| EngineError::glommio("writing hint file", tmp_path, e);
+        let tmp_path = std::mem::take(&mut self.tmp_path);
+        let io = |e| EngineError::glommio("writing hint file", &tmp_path, e);
         let tail = self.file.align_up(self.fill as u64) as usize;
         let (fill, header_here) = (self.fill, self.first_block.is_none());
         let chunk = self.chunk_mut();
@@ -200,34 +203,20 @@ impl HintWriter {
             };
             last.trim_to_size(tail);
             let written = self.file.write_at(last, self.written).await.map_err(io)?;
-            check_written(written, tail, tmp_path)?;
+            EngineError::check_written("writing hint file", &tmp_path, written, tail)?;
         }
         if let Some(mut first) = self.first_block.take() {
             first[..HINT_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
             let mut block = self.file.alloc_dma_buffer(first.len());
             block.as_bytes_mut().copy_from_slice(&first);
             let written = self.file.write_at(block, 0).await.map_err(io)?;
-            check_written(written, first.len(), tmp_path)?;
+            EngineError::check_written("writing hint file", &tmp_path, written, first.len())?;
         }
         self.file.fdatasync().await.map_err(io)?;
         self.file.rename(final_path).await.map_err(io)?;
         self.file.close().await.map_err(io)?;
         Ok(())
     }
-}
-
-fn check_written(written: usize, expected: usize, path: &Path) -> Result<()> {
-    if written == expected {
-        return Ok(());
-    }
-    Err(EngineError::io(
-        "writing hint file",
-        path,
-        std::io::Error::new(
-            std::io::ErrorKind::StorageFull,
-            format!("short write: {written} of {expected}"),
-        ),
-    ))
 }
 
 /// Reads a hint file. Returns `None` (and the caller scans the segment) if
