@@ -172,9 +172,14 @@ pub fn encode_context(context: &VersionVector, out: &mut Vec<u8>) {
     }
 }
 
+/// Bytes `encode_context` appends for `context`.
+pub fn context_len(context: &VersionVector) -> usize {
+    3 + 16 * context.entries().len()
+}
+
 /// The encoding of `context` as a new buffer.
 pub fn context_bytes(context: &VersionVector) -> Vec<u8> {
-    let mut out = Vec::with_capacity(3 + 16 * context.entries().len());
+    let mut out = Vec::with_capacity(context_len(context));
     encode_context(context, &mut out);
     out
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use dynkv::object::{context_bytes, decode_context, decode_object, decode_object_shared, object_bytes};
+use dynkv::object::{context_bytes, context_len, decode_context, decode_object, decode_object_shared, object_bytes};
 use dynkv::version::{Clock, Sibling, VersionLimits, VersionVector};
 use dynkv_ring::NodeId;
 use proptest::prelude::*;
@@ -156,6 +156,7 @@ proptest! {
             prop_assert_eq!(object_bytes(&clock), bytes.clone(), "only canonical encodings decode");
         }
         if let Ok(Some(ctx)) = decode_context(&bytes) {
+            prop_assert_eq!(context_len(&ctx), bytes.len());
             prop_assert_eq!(context_bytes(&ctx), bytes);
         }
     }

@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use dynkv::object::{decode_context, encode_context};
+use dynkv::object::{context_len, decode_context, encode_context};
 use dynkv::version::VersionVector;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -70,7 +70,7 @@ impl ContextSeal {
 
     /// The context bytes a client gets.
     pub(crate) fn seal(&self, context: &VersionVector) -> Vec<u8> {
-        let mut out = Vec::with_capacity(3 + 16 * context.entries().len() + TAG_BYTES);
+        let mut out = Vec::with_capacity(context_len(context) + TAG_BYTES);
         encode_context(context, &mut out);
         let tag = self.tag(&out);
         out.extend_from_slice(&tag);
