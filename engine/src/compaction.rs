@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use crate::engine::{Inner, State};
 use crate::error::{EngineError, Result};
-use crate::hint::{HintEntry, HintWriter};
+use crate::hint::{HintChunk, HintEntry, HintWriter};
 use crate::record::{RecordView, FLAG_TOMBSTONE};
 use crate::scan::SegmentCursor;
 use crate::segment::{hint_path, hint_tmp_path, segment_path};
@@ -222,16 +222,7 @@ pub(crate) async fn write_hint(inner: &Rc<Inner>, id: u32) -> Result<()> {
     let mut cursor = SegmentCursor::open(&file, &path, id, inner.config.record_max_bytes()).await?;
     let mut hint = HintWriter::create(id, &hint_tmp_path(dir, id)).await?;
     while let Some((offset, view)) = cursor.next().await? {
-        let entry = HintEntry {
-            seq: view.header.seq,
-            body_checksum: view.header.body_checksum,
-            offset: u32::try_from(offset).expect("segments are at most 4 GiB"),
-            value_len: view.header.value_len,
-            partition: view.header.partition,
-            key_len: view.header.key_len,
-            flags: view.header.flags,
-            reserved: 0,
-        };
+        let entry = HintEntry::of(&view.header, u32::try_from(offset).expect("segments are at most 4 GiB"));
         hint.push(&entry, view.key).await?;
         glommio::yield_if_needed().await;
     }
@@ -240,24 +231,100 @@ pub(crate) async fn write_hint(inner: &Rc<Inner>, id: u32) -> Result<()> {
         // scanned at every open instead, which reports the damage again.
         return Ok(());
     }
+    finish_hint(inner, hint).await
+}
+
+/// Completes a segment's hint file and records that the segment has one.
+async fn finish_hint(inner: &Inner, hint: HintWriter) -> Result<()> {
+    let dir = &inner.config.dir;
+    let id = hint.segment_id();
     hint.finish(&hint_path(dir, id)).await?;
     inner
         .dir
         .sync()
         .await
         .map_err(|e| EngineError::glommio("syncing data directory", dir, e))?;
-    if let Some(segment) = inner.state.borrow_mut().segments.get_mut(&id) {
-        segment.has_hint = true;
+    let compacted_meanwhile = match inner.state.borrow_mut().segments.get_mut(&id) {
+        Some(segment) => {
+            segment.has_hint = true;
+            false
+        }
+        None => true,
+    };
+    if compacted_meanwhile {
+        // Compaction deleted the segment while its hint was being written
+        // and found no hint to delete with it.
+        let path = hint_path(dir, id);
+        std::fs::remove_file(&path).map_err(|e| EngineError::io("removing hint", &path, e))?;
     }
     Ok(())
 }
 
+/// Streams the hint entries queued by appends into their segments' hint
+/// files, and completes the file of every segment sealed since. The active
+/// segment's file stays open in `Inner::hint_stream` for the next call.
+pub(crate) async fn stream_hints(inner: &Inner) -> Result<()> {
+    loop {
+        let Some(chunk) = inner.state.borrow_mut().hints.take() else {
+            return Ok(());
+        };
+        let segment = chunk.segment;
+        let result = stream_chunk(inner, &chunk).await;
+        let mut st = inner.state.borrow_mut();
+        st.hints.recycle(chunk.payload);
+        if result.is_err() {
+            // This chunk's entries are gone; the segment's hint will be
+            // written from the segment itself once it is sealed.
+            st.hints.abandon(segment);
+            drop(st);
+            inner.hint_stream.borrow_mut().take();
+            return result;
+        }
+    }
+}
+
+async fn stream_chunk(inner: &Inner, chunk: &HintChunk) -> Result<()> {
+    let open = inner.hint_stream.borrow_mut().take();
+    let mut hint = match open {
+        Some(hint) if hint.segment_id() == chunk.segment => hint,
+        // The segment's earlier entries went out with a writer that failed.
+        _ if !chunk.first => {
+            inner.state.borrow_mut().hints.abandon(chunk.segment);
+            return Ok(());
+        }
+        _ => HintWriter::create(chunk.segment, &hint_tmp_path(&inner.config.dir, chunk.segment)).await?,
+    };
+    hint.push_payload(&chunk.payload, chunk.entries).await?;
+    if chunk.last {
+        finish_hint(inner, hint).await
+    } else {
+        *inner.hint_stream.borrow_mut() = Some(hint);
+        Ok(())
+    }
+}
+
+/// Writes the hint of the active segment at close: from the entries
+/// streamed as it was appended if there are all of them, else by reading
+/// the segment.
+pub(crate) async fn write_active_hint(inner: &Rc<Inner>) -> Result<()> {
+    stream_hints(inner).await?;
+    let active = inner.state.borrow().writer.segment_id;
+    let open = inner.hint_stream.borrow_mut().take();
+    match open {
+        Some(hint) if hint.segment_id() == active => finish_hint(inner, hint).await,
+        _ => write_hint(inner, active).await,
+    }
+}
+
 async fn background_round(inner: &Rc<Inner>) -> Result<()> {
+    stream_hints(inner).await?;
+    // Segments whose hint was not built as they were appended (sealed by
+    // an earlier run of the engine, or their streaming failed).
     let missing: Vec<u32> = {
         let st = inner.state.borrow();
         st.segments
             .values()
-            .filter(|s| s.sealed && !s.has_hint)
+            .filter(|s| s.sealed && !s.has_hint && !st.hints.holds(s.id))
             .map(|s| s.id)
             .collect()
     };

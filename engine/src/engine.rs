@@ -17,6 +17,7 @@ use glommio::task::JoinHandle;
 use crate::cache::ReadCache;
 use crate::config::{EngineConfig, SyncMode};
 use crate::error::{EngineError, Result};
+use crate::hint::{HintQueue, HintWriter};
 use crate::keydir::{Applied, KeyEntry, Keydir};
 use crate::merkle::{leaf_of, MerkleTree};
 use crate::record::{self, RecordHeader, FLAG_TOMBSTONE};
@@ -89,6 +90,8 @@ pub(crate) struct State {
     pub(crate) failure: Option<Failure>,
     pub(crate) counters: Counters,
     pub(crate) recovery: RecoveryReport,
+    /// Hint entries of appended records, waiting to be streamed out.
+    pub(crate) hints: HintQueue,
 }
 
 impl State {
@@ -157,6 +160,9 @@ pub(crate) struct Inner {
     pub(crate) tasks: RefCell<Vec<JoinHandle<()>>>,
     /// Held from open until close completes.
     pub(crate) lock: RefCell<Option<crate::recovery::DirLock>>,
+    /// The hint file of the segment being appended, fed by the background
+    /// task from `State::hints`; taken out while in use.
+    pub(crate) hint_stream: RefCell<Option<HintWriter>>,
 }
 
 impl Inner {
@@ -217,7 +223,11 @@ impl Inner {
                 match appended {
                     Ok(at) => {
                         let out = on_append(&mut st, &header, at);
+                        let wake_streamer = st.hints.note(at.segment, at.offset, &header, key);
                         drop(st);
+                        if wake_streamer {
+                            self.background.notify();
+                        }
                         self.work.notify();
                         return Ok((at, out));
                     }
@@ -528,13 +538,10 @@ impl Engine {
         for task in tasks {
             task.await;
         }
-        let (failure, active) = {
-            let st = self.inner.state.borrow();
-            (st.failure.clone(), st.writer.segment_id)
-        };
+        let failure = self.inner.state.borrow().failure.clone();
         let result = match failure {
             Some(failure) => Err(failure.to_error()),
-            None => crate::compaction::write_hint(&self.inner, active).await,
+            None => crate::compaction::write_active_hint(&self.inner).await,
         };
         self.inner.lock.borrow_mut().take();
         result

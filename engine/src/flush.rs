@@ -245,6 +245,7 @@ async fn roll_segment(inner: &Inner) -> Result<()> {
             .get_mut(&old.segment_id)
             .expect("the active segment is registered")
             .sealed = true;
+        st.hints.seal(old.segment_id);
         st.segments.insert(id, Segment::new(id, file));
         st.roll_requested = false;
         st.counters.segments_sealed += 1;

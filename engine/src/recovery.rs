@@ -365,6 +365,7 @@ pub(crate) async fn open(mut config: EngineConfig) -> Result<Engine> {
         failure: None,
         counters: Counters::default(),
         recovery: loader.report,
+        hints: hint::HintQueue::default(),
     };
     let background_shares = config.background_shares;
     let inner = Rc::new(Inner {
@@ -378,6 +379,7 @@ pub(crate) async fn open(mut config: EngineConfig) -> Result<Engine> {
         compaction_permit: Semaphore::new(1),
         tasks: RefCell::new(Vec::new()),
         lock: RefCell::new(Some(lock)),
+        hint_stream: RefCell::new(None),
     });
     spawn_tasks(&inner, background_shares)?;
     Ok(Engine { inner })
