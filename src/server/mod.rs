@@ -8,6 +8,7 @@ mod auth;
 mod batch;
 mod context_seal;
 mod coordinator;
+mod eager;
 mod fallback;
 mod hints;
 mod host;

@@ -269,7 +269,7 @@ async fn serve_peer(shard: Rc<Shard>, stream: TcpStream) {
                     if background {
                         owner.spawn_background(task);
                     } else {
-                        glommio::spawn_local(task).detach();
+                        super::eager::run_or_spawn(task).await;
                     }
                 }
                 Ok(Decoded::NeedBytes(_)) => break,

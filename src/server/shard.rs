@@ -561,14 +561,14 @@ impl Shard {
                         }
                         ShardMsg::Request(req) => {
                             let shard = shard.clone();
-                            glommio::spawn_local(async move {
+                            super::eager::run_or_spawn(async move {
                                 let outcome = shard
                                     .route(req.op, &req.key, &req.context, &req.value, req.options)
                                     .await;
                                 // The requester may have given up; that is fine.
                                 let _ = req.reply.send(outcome);
                             })
-                            .detach();
+                            .await;
                         }
                     }
                 }
