@@ -78,8 +78,8 @@ pub fn object_bytes(clock: &Clock) -> Vec<u8> {
     out
 }
 
-/// The length of `clock`'s encoding.
-fn encoded_len(clock: &Clock) -> usize {
+/// The length of `clock`'s encoding, without making it.
+pub fn encoded_len(clock: &Clock) -> usize {
     let siblings: usize = clock
         .parts()
         .map(|(_, _, values)| {

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeSet;
 
-use dynkv::object::{context_bytes, context_len, decode_context, decode_object, decode_object_shared, object_bytes};
+use dynkv::object::{
+    context_bytes, context_len, decode_context, decode_object, decode_object_shared, encoded_len, object_bytes,
+};
 use dynkv::version::{Clock, Sibling, VersionLimits, VersionVector};
 use dynkv_ring::NodeId;
 use proptest::prelude::*;
@@ -113,6 +115,7 @@ proptest! {
                 prop_assert_eq!(model.live(r), model.expected_live(r), "replica {} after step {} ({:?})", r, step, op);
                 let clock = &model.clocks[r];
                 prop_assert_eq!(&decode_object(&object_bytes(clock)).unwrap(), clock);
+                prop_assert_eq!(encoded_len(clock), object_bytes(clock).len(), "the size limit's measure");
                 let stored = bytes::Bytes::from(object_bytes(clock));
                 prop_assert_eq!(&decode_object_shared(&stored).unwrap(), clock, "values sliced from the stored object");
                 let ctx = clock.context();

@@ -21,7 +21,7 @@ use crate::server::hints::unix_ms;
 use crate::server::shard::{engine_failure, Op, Outcome, RequestOptions, Shard};
 use dynkv::cluster::replica::{coordinate, WriteContext};
 use dynkv::cluster::{GetPlan, GetRound, PutPlan, PutRound, Quorum, QuorumError, Send};
-use dynkv::object::{decode_object, object_bytes};
+use dynkv::object::{decode_object, encoded_len, object_bytes};
 use dynkv::version::{Clock, Sibling, VersionError};
 
 fn quorum_failure(err: QuorumError) -> Outcome {
@@ -119,7 +119,7 @@ impl Shard {
         // Half the stored limit, so that the merge of two replicas'
         // diverged versions still fits.
         let limit = self.config.object_max_bytes() / 2;
-        let bytes = object_bytes(&object).len();
+        let bytes = encoded_len(&object);
         if bytes > limit {
             let message = format!(
                 "the key's {} siblings with this value take {bytes} bytes, more than {limit}; read the key and \
