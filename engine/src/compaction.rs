@@ -120,6 +120,13 @@ async fn compact_segment(inner: &Rc<Inner>, id: u32, report: &mut CompactionRepo
             }
         }
         glommio::yield_if_needed().await;
+        if inner.state.borrow().hints.backlogged() {
+            // Compaction's own copies are appends too: keep the queue
+            // short while a long compaction holds the background task.
+            if let Err(err) = stream_hints(inner).await {
+                tracing::warn!(dir = %inner.config.dir.display(), "streaming a hint file failed: {err}");
+            }
+        }
     }
     let scan = cursor.finish();
     inner.sync_all().await?;
@@ -231,26 +238,41 @@ pub(crate) async fn write_hint(inner: &Rc<Inner>, id: u32) -> Result<()> {
         // scanned at every open instead, which reports the damage again.
         return Ok(());
     }
-    finish_hint(inner, hint).await
+    finish_hint(inner, hint, false).await
 }
 
-/// Completes a segment's hint file and records that the segment has one.
-async fn finish_hint(inner: &Inner, hint: HintWriter) -> Result<()> {
+/// Completes a segment's hint file and records that the segment has one
+/// (`streamed`: built from queued entries, else by a scan).
+async fn finish_hint(inner: &Inner, hint: HintWriter, streamed: bool) -> Result<()> {
     let dir = &inner.config.dir;
     let id = hint.segment_id();
+    if !inner.state.borrow().segments.contains_key(&id) {
+        // Compacted away meanwhile: a hint naming no segment must not be
+        // made durable.
+        drop(hint);
+        let tmp = hint_tmp_path(dir, id);
+        return std::fs::remove_file(&tmp).map_err(|e| EngineError::io("removing hint", &tmp, e));
+    }
     hint.finish(&hint_path(dir, id)).await?;
     inner
         .dir
         .sync()
         .await
         .map_err(|e| EngineError::glommio("syncing data directory", dir, e))?;
-    let compacted_meanwhile = match inner.state.borrow_mut().segments.get_mut(&id) {
+    let mut st = inner.state.borrow_mut();
+    let compacted_meanwhile = match st.segments.get_mut(&id) {
         Some(segment) => {
             segment.has_hint = true;
             false
         }
         None => true,
     };
+    if streamed {
+        st.counters.hints_streamed += 1;
+    } else {
+        st.counters.hints_scanned += 1;
+    }
+    drop(st);
     if compacted_meanwhile {
         // Compaction deleted the segment while its hint was being written
         // and found no hint to delete with it.
@@ -264,6 +286,17 @@ async fn finish_hint(inner: &Inner, hint: HintWriter) -> Result<()> {
 /// files, and completes the file of every segment sealed since. The active
 /// segment's file stays open in `Inner::hint_stream` for the next call.
 pub(crate) async fn stream_hints(inner: &Inner) -> Result<()> {
+    // One streamer at a time: compaction streams too, and an explicit
+    // compaction runs beside the background task.
+    if inner.hint_streaming.replace(true) {
+        return Ok(());
+    }
+    let result = stream_queued(inner).await;
+    inner.hint_streaming.set(false);
+    result
+}
+
+async fn stream_queued(inner: &Inner) -> Result<()> {
     loop {
         let Some(chunk) = inner.state.borrow_mut().hints.take() else {
             return Ok(());
@@ -296,7 +329,7 @@ async fn stream_chunk(inner: &Inner, chunk: &HintChunk) -> Result<()> {
     };
     hint.push_payload(&chunk.payload, chunk.entries).await?;
     if chunk.last {
-        finish_hint(inner, hint).await
+        finish_hint(inner, hint, true).await
     } else {
         *inner.hint_stream.borrow_mut() = Some(hint);
         Ok(())
@@ -307,11 +340,17 @@ async fn stream_chunk(inner: &Inner, chunk: &HintChunk) -> Result<()> {
 /// streamed as it was appended if there are all of them, else by reading
 /// the segment.
 pub(crate) async fn write_active_hint(inner: &Rc<Inner>) -> Result<()> {
+    if inner.hint_streaming.get() {
+        // An explicit compaction still streams (the background task has
+        // stopped): leave this segment without a hint rather than write
+        // one file from two places; the next open scans it.
+        return Ok(());
+    }
     stream_hints(inner).await?;
     let active = inner.state.borrow().writer.segment_id;
     let open = inner.hint_stream.borrow_mut().take();
     match open {
-        Some(hint) if hint.segment_id() == active => finish_hint(inner, hint).await,
+        Some(hint) if hint.segment_id() == active => finish_hint(inner, hint, true).await,
         _ => write_hint(inner, active).await,
     }
 }
@@ -319,8 +358,12 @@ pub(crate) async fn write_active_hint(inner: &Rc<Inner>) -> Result<()> {
 async fn background_round(inner: &Rc<Inner>) -> Result<()> {
     stream_hints(inner).await?;
     // Segments whose hint was not built as they were appended (sealed by
-    // an earlier run of the engine, or their streaming failed).
-    let missing: Vec<u32> = {
+    // an earlier run of the engine, or their streaming failed). Not while
+    // an explicit compaction streams: a segment it has taken off the queue
+    // may be finishing its hint.
+    let missing: Vec<u32> = if inner.hint_streaming.get() {
+        Vec::new()
+    } else {
         let st = inner.state.borrow();
         st.segments
             .values()

@@ -163,6 +163,8 @@ pub(crate) struct Inner {
     /// The hint file of the segment being appended, fed by the background
     /// task from `State::hints`; taken out while in use.
     pub(crate) hint_stream: RefCell<Option<HintWriter>>,
+    /// A task is streaming hints (see `compaction::stream_hints`).
+    pub(crate) hint_streaming: std::cell::Cell<bool>,
 }
 
 impl Inner {

@@ -73,6 +73,11 @@ impl HintEntry {
 /// bytes are waiting, the background task is woken to stream them out.
 const HINT_QUEUE_WAKE_BYTES: usize = 1 << 20;
 
+/// The most hint payload queued per engine. Past it (the background task
+/// starved, or stopped by a full disk) the segment being appended is given
+/// up: its hint is written later by reading it back.
+pub(crate) const HINT_QUEUE_MAX_BYTES: usize = 64 << 20;
+
 /// The hint entries of records appended since the background task last
 /// streamed them into hint files, per segment, oldest first.
 ///
@@ -87,6 +92,8 @@ pub(crate) struct HintQueue {
     logs: std::collections::VecDeque<HintLog>,
     /// Payload bytes noted since the background task was last woken.
     unannounced_bytes: usize,
+    /// Payload bytes held by all logs.
+    queued_bytes: usize,
     /// A drained payload's allocation, reused by the next log taken.
     spare: Vec<u8>,
 }
@@ -137,11 +144,17 @@ impl HintQueue {
         if log.abandoned {
             return false;
         }
+        let bytes = HINT_ENTRY_BYTES + key.len();
+        if self.queued_bytes + bytes > HINT_QUEUE_MAX_BYTES {
+            self.abandon(segment);
+            return false;
+        }
         let entry = HintEntry::of(header, offset);
         log.payload.extend_from_slice(bytemuck::bytes_of(&entry));
         log.payload.extend_from_slice(key);
         log.entries += 1;
-        self.unannounced_bytes += HINT_ENTRY_BYTES + key.len();
+        self.queued_bytes += bytes;
+        self.unannounced_bytes += bytes;
         if self.unannounced_bytes >= HINT_QUEUE_WAKE_BYTES {
             self.unannounced_bytes = 0;
             return true;
@@ -154,6 +167,12 @@ impl HintQueue {
         if let Some(log) = self.logs.iter_mut().find(|log| log.segment == segment) {
             log.sealed = true;
         }
+    }
+
+    /// Whether enough is queued that a long-running background job
+    /// (compaction) should stream it out before going on.
+    pub(crate) fn backlogged(&self) -> bool {
+        self.queued_bytes >= HINT_QUEUE_WAKE_BYTES
     }
 
     /// Whether entries of `segment` are still queued (its hint is not yet
@@ -177,6 +196,7 @@ impl HintQueue {
             if !log.sealed && log.payload.is_empty() {
                 return None;
             }
+            self.queued_bytes -= log.payload.len();
             let chunk = HintChunk {
                 segment: log.segment,
                 payload: std::mem::replace(&mut log.payload, std::mem::take(&mut self.spare)),
@@ -203,6 +223,7 @@ impl HintQueue {
     /// segment's hint is then written by reading it back once sealed.
     pub(crate) fn abandon(&mut self, segment: u32) {
         if let Some(log) = self.logs.iter_mut().find(|log| log.segment == segment) {
+            self.queued_bytes -= log.payload.len();
             log.abandoned = true;
             log.payload = Vec::new();
             log.entries = 0;
@@ -495,6 +516,33 @@ mod tests {
         let chunk = queue.take().unwrap();
         assert_eq!((chunk.segment, chunk.entries, chunk.first), (4, 1, true));
         assert!(!queue.holds(3));
+    }
+
+    #[test]
+    fn past_its_memory_bound_the_queue_gives_up_the_segment_being_appended() {
+        let mut queue = HintQueue::default();
+        let key = [0u8; 992];
+        let per_entry = HINT_ENTRY_BYTES + key.len();
+        note(&mut queue, 1, 0, &key);
+        queue.seal(1);
+        // Exactly full: the bound is reached, not passed.
+        for i in 1..HINT_QUEUE_MAX_BYTES / per_entry {
+            note(&mut queue, 2, i as u64, &key);
+        }
+        assert_eq!(queue.queued_bytes, HINT_QUEUE_MAX_BYTES);
+        assert!(queue.holds(2));
+        note(&mut queue, 2, 70_000, &key);
+        assert_eq!(queue.queued_bytes, per_entry, "segment 2's entries freed");
+        let chunk = queue.take().unwrap();
+        assert_eq!(
+            (chunk.segment, chunk.entries, chunk.last),
+            (1, 1, true),
+            "the sealed one still streams"
+        );
+        assert_eq!(queue.queued_bytes, 0);
+        queue.seal(2);
+        assert!(queue.take().is_none(), "segment 2 is left to a scan");
+        assert!(!queue.holds(2));
     }
 
     #[test]

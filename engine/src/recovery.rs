@@ -295,6 +295,14 @@ pub(crate) async fn open(mut config: EngineConfig) -> Result<Engine> {
         .await
         .map_err(|e| EngineError::glommio("opening data directory", &config.dir, e))?;
     let (ids, hints) = list_dir(&config.dir)?;
+    for &orphan in hints.iter().filter(|id| ids.binary_search(id).is_err()) {
+        // A crash after compaction deleted a segment and before its hint
+        // went too: a hint naming no segment must not outlive it, or a
+        // later segment given the same id would be read through it.
+        let path = hint_path(&config.dir, orphan);
+        tracing::warn!(segment = orphan, "removing a hint file whose segment is gone");
+        std::fs::remove_file(&path).map_err(|e| EngineError::io("removing", &path, e))?;
+    }
     let record_max = config.record_max_bytes();
     let mut loader = Loader {
         keydir: Keydir::default(),
@@ -380,6 +388,7 @@ pub(crate) async fn open(mut config: EngineConfig) -> Result<Engine> {
         tasks: RefCell::new(Vec::new()),
         lock: RefCell::new(Some(lock)),
         hint_stream: RefCell::new(None),
+        hint_streaming: std::cell::Cell::new(false),
     });
     spawn_tasks(&inner, background_shares)?;
     Ok(Engine { inner })

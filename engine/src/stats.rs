@@ -17,6 +17,8 @@ pub(crate) struct Counters {
     pub(crate) segments_sealed: u64,
     pub(crate) segments_compacted: u64,
     pub(crate) compaction_bytes_copied: u64,
+    pub(crate) hints_streamed: u64,
+    pub(crate) hints_scanned: u64,
 }
 
 impl Counters {
@@ -55,6 +57,12 @@ pub struct EngineStats {
     pub segments_sealed: u64,
     pub segments_compacted: u64,
     pub compaction_bytes_copied: u64,
+    /// Hint files built from entries queued as their segment was appended.
+    pub hints_streamed: u64,
+    /// Hint files built by reading their segment back: segments sealed by
+    /// an earlier run without one, or whose queued entries were given up
+    /// (a failed hint write, or the queue at its memory bound).
+    pub hints_scanned: u64,
 }
 
 impl EngineStats {
@@ -80,6 +88,8 @@ impl EngineStats {
             segments_sealed: c.segments_sealed,
             segments_compacted: c.segments_compacted,
             compaction_bytes_copied: c.compaction_bytes_copied,
+            hints_streamed: c.hints_streamed,
+            hints_scanned: c.hints_scanned,
         }
     }
 }

@@ -357,6 +357,12 @@ fn hints_built_while_appending_rebuild_what_a_scan_rebuilds() {
                 glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
             }
         }
+        let stats = engine.stats();
+        assert!(stats.hints_streamed > 0, "{stats:?}");
+        assert_eq!(
+            stats.hints_scanned, 0,
+            "no segment was read back for its hint: {stats:?}"
+        );
         engine.close().await.unwrap();
     });
     let from_hints = run(async {
@@ -397,4 +403,26 @@ fn hints_built_while_appending_rebuild_what_a_scan_rebuilds() {
         .collect();
     assert!(differ.is_empty(), "from hints vs from a scan: {differ:?}");
     assert_eq!(from_hints.len(), from_scan.len());
+}
+
+#[test]
+fn a_hint_whose_segment_is_gone_is_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    write_and_close(dir.path(), 300);
+    let hint = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "hint"))
+        .expect("a hint was written");
+    // What a crash between compaction deleting a segment and its hint
+    // would leave.
+    let orphan = dir.path().join("seg-0000099999.hint");
+    std::fs::copy(&hint, &orphan).unwrap();
+    run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        assert_eq!(engine.recovery_report().keys, 300);
+        engine.close().await.unwrap();
+    });
+    assert!(!orphan.exists(), "the orphan hint was removed");
+    assert!(hint.exists(), "hints of existing segments stay");
 }

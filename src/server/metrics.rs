@@ -371,7 +371,7 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
         );
         let _ = writeln!(out, "dynkv_request_duration_us_count{{{}}} {cumulative}", shard(r));
     }
-    let engine: [(&str, &str, EngineGauge); 9] = [
+    let engine: [(&str, &str, EngineGauge); 11] = [
         ("dynkv_engine_keys", "Keys stored, tombstones included.", |e| e.keys),
         ("dynkv_engine_live_bytes", "Bytes of newest records.", |e| e.live_bytes),
         ("dynkv_engine_dead_bytes", "Bytes awaiting compaction.", |e| {
@@ -395,6 +395,16 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
             "dynkv_engine_segments_compacted_total",
             "Segments rewritten by compaction.",
             |e| e.segments_compacted,
+        ),
+        (
+            "dynkv_engine_hints_streamed_total",
+            "Hint files written from entries queued as their segment was appended.",
+            |e| e.hints_streamed,
+        ),
+        (
+            "dynkv_engine_hints_scanned_total",
+            "Hint files written by reading their segment back.",
+            |e| e.hints_scanned,
         ),
         ("dynkv_engine_bytes_written_total", "Bytes written to segments.", |e| {
             e.bytes_written
