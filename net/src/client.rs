@@ -6,14 +6,13 @@
 //! to forward. Requests on a connection are pipelined and matched by request
 //! id; each has a timeout, and requests in flight are bounded.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
-use std::time::Duration;
+use std::task::Waker;
+use std::time::{Duration, Instant};
 
 use dynkv_ring::PartitionCount;
-use futures::channel::oneshot;
 use futures_lite::io::{ReadHalf, WriteHalf};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
@@ -21,7 +20,8 @@ use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 
-use crate::frame::{decode, encode, Decoded, FrameLimits, Head, FLAG_SUPERSEDE_LOCAL};
+use crate::frame::{decode, encode, Decoded, FrameLimits, Head, FLAG_SUPERSEDE_LOCAL, FRAME_HEADER_BYTES};
+use crate::inflight::{Inflight, Outcome};
 use crate::opcode::{Opcode, Status};
 use crate::siblings::decode_siblings;
 
@@ -107,16 +107,21 @@ pub struct Response {
     pub value: Vec<u8>,
 }
 
+/// Bytes the reader asks the socket for at a time; a frame larger than
+/// this grows the buffer to fit it (frame lengths are bounded by
+/// `FrameLimits::DEFAULT`, checked before the buffer grows).
+const READ_BUFFER_BYTES: usize = 64 << 10;
+
 /// One pipelined connection: requests are written as they come and matched
 /// to responses by request id. The shard-aware [`Client`] keeps one per
 /// shard; the server keeps one per peer shard for internode traffic.
 pub struct Connection {
     addr: SocketAddr,
-    pending: RefCell<HashMap<u64, oneshot::Sender<Response>>>,
-    next_id: Cell<u64>,
+    inflight: RefCell<Inflight<Response>>,
     outbox: RefCell<Vec<u8>>,
     doorbell: LocalSender<()>,
-    closed: Cell<bool>,
+    /// Tells the reaper of a deadline earlier than the one it sleeps until.
+    reaper_bell: LocalSender<()>,
     permits: Semaphore,
     tasks: RefCell<Vec<JoinHandle<()>>>,
 }
@@ -129,40 +134,65 @@ impl Drop for Connection {
     }
 }
 
+impl Connection {
+    /// Ends every request in flight with "disconnected".
+    fn close(&self) {
+        let mut wake = Vec::new();
+        self.inflight.borrow_mut().close(&mut wake);
+        wake.into_iter().for_each(Waker::wake);
+    }
+}
+
 async fn read_loop(conn: Weak<Connection>, mut reader: ReadHalf<TcpStream>) {
-    let mut buf = Vec::with_capacity(64 << 10);
-    let mut chunk = vec![0u8; 64 << 10];
+    // Frames are decoded in place: bytes `start..end` of `buf` are received
+    // and not yet decoded.
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    let (mut start, mut end) = (0, 0);
+    let mut needed = FRAME_HEADER_BYTES;
     'read: loop {
-        let n = match reader.read(&mut chunk).await {
+        if start + needed > buf.len() {
+            // The next frame does not fit behind `start`: move what was
+            // received of it to the front, and grow if it is larger than
+            // the buffer.
+            buf.copy_within(start..end, 0);
+            (start, end) = (0, end - start);
+            if needed > buf.len() {
+                buf.resize(needed, 0);
+            }
+        }
+        let n = match reader.read(&mut buf[end..]).await {
             Ok(n) if n > 0 => n,
             _ => break,
         };
-        buf.extend_from_slice(&chunk[..n]);
-        let mut consumed = 0;
+        end += n;
+        let Some(conn) = conn.upgrade() else { return };
         loop {
-            match decode(&buf[consumed..], &FrameLimits::DEFAULT) {
+            match decode(&buf[start..end], &FrameLimits::DEFAULT) {
                 Ok(Decoded::Frame(frame, used)) => {
-                    let Some(conn) = conn.upgrade() else { return };
-                    let waiter = conn.pending.borrow_mut().remove(&frame.header.request_id);
-                    if let Some(waiter) = waiter {
-                        let _ = waiter.send(Response {
-                            status: frame.header.status,
-                            context: frame.context.to_vec(),
-                            value: frame.value.to_vec(),
-                        });
+                    let response = Response {
+                        status: frame.header.status,
+                        context: frame.context.to_vec(),
+                        value: frame.value.to_vec(),
+                    };
+                    let waker = conn.inflight.borrow_mut().answer(frame.header.request_id, response);
+                    if let Some(waker) = waker {
+                        waker.wake();
                     }
-                    consumed += used;
+                    start += used;
                 }
-                Ok(Decoded::NeedBytes(_)) => break,
+                Ok(Decoded::NeedBytes(total)) => {
+                    needed = total;
+                    break;
+                }
                 Err(_) => break 'read,
             }
         }
-        buf.drain(..consumed);
+        if start == end {
+            (start, end) = (0, 0);
+        }
     }
     if let Some(conn) = conn.upgrade() {
-        conn.closed.set(true);
-        // Dropping the senders wakes every waiter with "disconnected".
-        conn.pending.borrow_mut().clear();
+        conn.close();
     }
 }
 
@@ -171,9 +201,11 @@ async fn write_loop(
     mut writer: WriteHalf<TcpStream>,
     doorbell: local_channel::LocalReceiver<()>,
 ) {
+    let mut out = Vec::new();
     while doorbell.recv().await.is_some() {
         let Some(strong) = conn.upgrade() else { return };
-        let out = std::mem::take(&mut *strong.outbox.borrow_mut());
+        // Swap buffers, so both keep their capacity.
+        std::mem::swap(&mut out, &mut *strong.outbox.borrow_mut());
         drop(strong);
         if out.is_empty() {
             continue;
@@ -181,10 +213,53 @@ async fn write_loop(
         if writer.write_all(&out).await.is_err() {
             break;
         }
+        out.clear();
     }
     if let Some(conn) = conn.upgrade() {
-        conn.closed.set(true);
-        conn.pending.borrow_mut().clear();
+        conn.close();
+    }
+}
+
+/// Times requests out: sleeps until the earliest deadline in flight (or
+/// until told of an earlier one), then ends every request past its own.
+async fn reap_loop(conn: Weak<Connection>, bell: local_channel::LocalReceiver<()>) {
+    let mut wake = Vec::new();
+    loop {
+        let next = {
+            let Some(conn) = conn.upgrade() else { return };
+            let mut inflight = conn.inflight.borrow_mut();
+            if inflight.is_closed() {
+                return;
+            }
+            inflight.expire(Instant::now(), &mut wake)
+        };
+        wake.drain(..).for_each(Waker::wake);
+        match next {
+            None => {
+                if bell.recv().await.is_none() {
+                    return;
+                }
+            }
+            Some(deadline) => {
+                let sleep = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()));
+                futures_lite::future::or(sleep, async {
+                    let _ = bell.recv().await;
+                })
+                .await;
+            }
+        }
+    }
+}
+
+/// Frees a request's slot if its caller stops waiting before the outcome.
+struct SlotGuard<'a> {
+    conn: &'a Connection,
+    id: u64,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.conn.inflight.borrow_mut().abandon(self.id);
     }
 }
 
@@ -206,26 +281,28 @@ impl Connection {
     pub fn from_stream(stream: TcpStream, addr: SocketAddr, options: &ClientOptions) -> Rc<Connection> {
         let (reader, writer) = futures_lite::io::split(stream);
         let (doorbell, ring) = local_channel::new_bounded(1);
+        let (reaper_bell, reaper_ring) = local_channel::new_bounded(1);
+        let inflight_max = options.inflight_max.max(1);
         let conn = Rc::new(Connection {
             addr,
-            pending: RefCell::new(HashMap::new()),
-            next_id: Cell::new(1),
+            inflight: RefCell::new(Inflight::new(inflight_max)),
             outbox: RefCell::new(Vec::new()),
             doorbell,
-            closed: Cell::new(false),
-            permits: Semaphore::new(options.inflight_max as u64),
+            reaper_bell,
+            permits: Semaphore::new(inflight_max as u64),
             tasks: RefCell::new(Vec::new()),
         });
         let read = glommio::spawn_local(read_loop(Rc::downgrade(&conn), reader)).detach();
         let write = glommio::spawn_local(write_loop(Rc::downgrade(&conn), writer, ring)).detach();
-        conn.tasks.borrow_mut().extend([read, write]);
+        let reap = glommio::spawn_local(reap_loop(Rc::downgrade(&conn), reaper_ring)).detach();
+        conn.tasks.borrow_mut().extend([read, write, reap]);
         conn
     }
 
     /// True once the peer closed the connection or it failed; every later
     /// call fails at once with [`ClientError::Disconnected`].
     pub fn is_closed(&self) -> bool {
-        self.closed.get()
+        self.inflight.borrow().is_closed()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -247,25 +324,28 @@ impl Connection {
             .acquire_permit(1)
             .await
             .map_err(|_| ClientError::Disconnected(self.addr))?;
-        if self.closed.get() {
+        // A permit guarantees a slot (one of each per request), so `None`
+        // here means the connection is closed.
+        let started = self.inflight.borrow_mut().start(Instant::now() + timeout);
+        let Some((id, tell_reaper)) = started else {
             return Err(ClientError::Disconnected(self.addr));
+        };
+        let slot = SlotGuard { conn: self, id };
+        if tell_reaper {
+            // A full bell means the reaper will look anyway.
+            let _ = self.reaper_bell.try_send(());
         }
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
         head.request_id = id;
         head.timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        let (tx, rx) = oneshot::channel();
-        self.pending.borrow_mut().insert(id, tx);
         encode(&mut self.outbox.borrow_mut(), &head, key, context, value);
         // A full doorbell means the writer will run anyway.
         let _ = self.doorbell.try_send(());
-        match glommio::timer::timeout(timeout, async { Ok(rx.await) }).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(_)) => Err(ClientError::Disconnected(self.addr)),
-            Err(_) => {
-                self.pending.borrow_mut().remove(&id);
-                Err(ClientError::Timeout(timeout))
-            }
+        let outcome = std::future::poll_fn(|cx| self.inflight.borrow_mut().poll(id, cx)).await;
+        drop(slot);
+        match outcome {
+            Outcome::Answered(response) => Ok(response),
+            Outcome::TimedOut => Err(ClientError::Timeout(timeout)),
+            Outcome::Disconnected => Err(ClientError::Disconnected(self.addr)),
         }
     }
 }

@@ -19,6 +19,7 @@
 
 mod client;
 mod frame;
+mod inflight;
 mod opcode;
 mod siblings;
 
