@@ -11,51 +11,90 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use dynkv_net::{CallOptions, Client, ClientError, ClientOptions};
 use rand::SeedableRng;
 use rand_xorshift::XorShiftRng;
 
 use crate::bench::report::{Recorder, Seen};
-use crate::bench::workload::{key_of, KeyChooser, Mix, OpKind, ValueSize};
+use crate::bench::workload::{KeyChooser, KeyName, Mix, OpKind, ValueSize};
 
 /// Requests an open-loop thread lets wait for a free slot before it counts
 /// further ones as `backlog_full` errors instead of queueing them.
 const OPEN_LOOP_BACKLOG_MAX: u64 = 100_000;
 
-/// What every thread shares: progress counters and the stop signal.
-#[derive(Default)]
+/// The budget of a run limited by time, not by a count.
+const BUDGET_UNLIMITED: u64 = u64::MAX;
+
+/// What every thread shares: progress counters and the stop signal. What
+/// threads write often sits on cache lines of its own: one thread's
+/// counting must not take a line every other thread reads on each
+/// operation.
 pub(crate) struct Shared {
-    pub(crate) ops: AtomicU64,
-    pub(crate) errors: AtomicU64,
     pub(crate) stop: AtomicBool,
-    /// Operations left to start (u64::MAX without a count limit).
-    pub(crate) budget: AtomicU64,
-    /// One past the newest key whose write was acknowledged: reads choose
-    /// below it, as YCSB's acknowledged-insert counter does.
-    pub(crate) newest_key: AtomicU64,
-    /// The next key an insert writes.
-    pub(crate) next_insert: AtomicU64,
     /// Measurement window: when the first thread was ready to send (ns
     /// after the start) and when the last one finished.
     pub(crate) ready_ns: AtomicU64,
     pub(crate) done_ns: AtomicU64,
+    /// Operations left to start (`BUDGET_UNLIMITED` without a count limit).
+    pub(crate) budget: CachePadded<AtomicU64>,
+    /// One past the newest key whose write was acknowledged: reads choose
+    /// below it, as YCSB's acknowledged-insert counter does.
+    pub(crate) newest_key: CachePadded<AtomicU64>,
+    /// The next key an insert writes.
+    pub(crate) next_insert: CachePadded<AtomicU64>,
+    /// Per thread: operations done and failed so far, for the progress bar.
+    counts: Vec<CachePadded<Counts>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    ops: AtomicU64,
+    errors: AtomicU64,
 }
 
 impl Shared {
-    pub(crate) fn new() -> Shared {
+    pub(crate) fn new(threads: usize) -> Shared {
         Shared {
+            stop: AtomicBool::new(false),
             ready_ns: AtomicU64::new(u64::MAX),
-            ..Shared::default()
+            done_ns: AtomicU64::new(0),
+            budget: CachePadded::new(AtomicU64::new(BUDGET_UNLIMITED)),
+            newest_key: CachePadded::default(),
+            next_insert: CachePadded::default(),
+            counts: (0..threads).map(|_| CachePadded::default()).collect(),
         }
     }
 
     /// Claims one operation of the budget; false when the run is over.
     fn claim(&self) -> bool {
-        !self.stop.load(Ordering::Relaxed)
-            && self
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.budget.load(Ordering::Relaxed) == BUDGET_UNLIMITED
+            || self
                 .budget
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
                 .is_ok()
+    }
+
+    /// Counts one operation of `thread`, done or failed.
+    fn count(&self, thread: u64, ok: bool) {
+        let counts = &self.counts[thread as usize];
+        let counter = if ok { &counts.ops } else { &counts.errors };
+        // Only this thread writes its counters: a load and a store, no
+        // locked read-modify-write.
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Operations done and failed so far, over every thread.
+    pub(crate) fn progress(&self) -> (u64, u64) {
+        self.counts.iter().fold((0, 0), |(ops, errors), c| {
+            (
+                ops + c.ops.load(Ordering::Relaxed),
+                errors + c.errors.load(Ordering::Relaxed),
+            )
+        })
     }
 }
 
@@ -138,7 +177,7 @@ impl Worker {
         };
         // An insert takes the next fresh key; every other kind picks one.
         let inserted = (kind == OpKind::Insert).then(|| self.shared.next_insert.fetch_add(1, Ordering::Relaxed));
-        let key = key_of(inserted.unwrap_or_else(|| self.plan.keys.pick(rng, newest)));
+        let key = KeyName::of(inserted.unwrap_or_else(|| self.plan.keys.pick(rng, newest)));
         let key = key.as_bytes();
         let client = self.client(key);
         match kind {
@@ -168,16 +207,14 @@ impl Worker {
         }
     }
 
-    /// Runs one operation due at `due` and records it.
-    async fn run_one(&self, kind: OpKind, due: Instant, rng: &mut XorShiftRng) {
+    /// Runs one operation due at `due` and records it. Returns when it
+    /// ended.
+    async fn run_one(&self, kind: OpKind, due: Instant, rng: &mut XorShiftRng) -> Instant {
         let result = self.op(kind, rng).await.map_err(|e| error_kind(&e));
         let now = Instant::now();
-        if result.is_ok() {
-            self.shared.ops.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.shared.errors.fetch_add(1, Ordering::Relaxed);
-        }
+        self.shared.count(self.plan.thread, result.is_ok());
         self.recorder.borrow_mut().record(kind, now - due, result, now);
+        now
     }
 }
 
@@ -221,9 +258,13 @@ async fn closed_loop(worker: &Rc<Worker>) {
             let worker = worker.clone();
             glommio::spawn_local(async move {
                 let mut rng = worker_rng(worker.plan.seed, worker.plan.thread, i as u64);
+                // Each request is sent as soon as the one before it ended,
+                // so that end is this one's start: one clock read per
+                // operation, not two.
+                let mut start = Instant::now();
                 while worker.shared.claim() {
                     let kind = worker.plan.mix.pick(&mut rng);
-                    worker.run_one(kind, Instant::now(), &mut rng).await;
+                    start = worker.run_one(kind, start, &mut rng).await;
                 }
             })
         })
@@ -250,7 +291,7 @@ async fn open_loop(worker: &Rc<Worker>, rate: f64) {
             if waiting.get() >= OPEN_LOOP_BACKLOG_MAX {
                 // The server is so far behind that queueing more would only
                 // grow memory: count the request as failed, late.
-                worker.shared.errors.fetch_add(1, Ordering::Relaxed);
+                worker.shared.count(worker.plan.thread, false);
                 worker
                     .recorder
                     .borrow_mut()
@@ -269,7 +310,7 @@ async fn open_loop(worker: &Rc<Worker>, rate: f64) {
                         worker.run_one(kind, intended, &mut op_rng).await;
                     } else {
                         let now = Instant::now();
-                        worker.shared.errors.fetch_add(1, Ordering::Relaxed);
+                        worker.shared.count(worker.plan.thread, false);
                         worker
                             .recorder
                             .borrow_mut()

@@ -254,9 +254,9 @@ fn run_phase(
             shared.stop.store(true, Ordering::Relaxed);
         }
         if now - last.0 >= Duration::from_secs(1) {
-            let ops = shared.ops.load(Ordering::Relaxed);
+            let (ops, errors) = shared.progress();
             let rate = (ops - last.1) as f64 / (now - last.0).as_secs_f64();
-            progress.tick(now - start, rate, shared.errors.load(Ordering::Relaxed));
+            progress.tick(now - start, rate, errors);
             last = (now, ops);
         }
     }
@@ -345,12 +345,12 @@ impl Progress {
 
 pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
     let settings = args.check()?;
-    let shared = Arc::new(Shared::new());
+    let shared = Arc::new(Shared::new(args.threads));
     shared.newest_key.store(args.keys, Ordering::Relaxed);
     shared.next_insert.store(args.keys, Ordering::Relaxed);
     if args.load {
         let load_mix = Mix::new([0, 1, 0, 0, 0]).expect("not empty");
-        let loader = Arc::new(Shared::new());
+        let loader = Arc::new(Shared::new(args.threads));
         loader.budget.store(args.keys, Ordering::Relaxed);
         // The load phase walks the keys in order: insert from 0.
         loader.next_insert.store(0, Ordering::Relaxed);

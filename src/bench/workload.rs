@@ -128,9 +128,43 @@ impl KeyChooser {
     }
 }
 
-/// The key string of an index.
-pub(crate) fn key_of(index: u64) -> String {
-    format!("user{index:012}")
+/// The key of an index, `user` and at least 12 decimal digits
+/// (`user000000000042`), as YCSB names its keys. Built on the stack: the
+/// load generator makes one per operation.
+pub(crate) struct KeyName {
+    bytes: [u8; KeyName::BYTES_MAX],
+    len: usize,
+}
+
+impl KeyName {
+    const PREFIX: &'static [u8] = b"user";
+    const DIGITS_MIN: usize = 12;
+    /// The prefix and the 20 digits of `u64::MAX`.
+    const BYTES_MAX: usize = 4 + 20;
+
+    pub(crate) fn of(index: u64) -> KeyName {
+        let mut digits = [b'0'; 20];
+        let mut at = digits.len();
+        let mut rest = index;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let first = at.min(digits.len() - Self::DIGITS_MIN);
+        let mut bytes = [0u8; Self::BYTES_MAX];
+        let len = Self::PREFIX.len() + digits.len() - first;
+        bytes[..Self::PREFIX.len()].copy_from_slice(Self::PREFIX);
+        bytes[Self::PREFIX.len()..len].copy_from_slice(&digits[first..]);
+        KeyName { bytes, len }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// Value sizes: fixed, or uniform in an inclusive range.
@@ -199,6 +233,22 @@ mod tests {
         assert!((9_300..9_700).contains(&reads), "{reads} reads of 10,000 in workload B");
         assert!(Mix::new([0; 5]).is_err());
         assert!(ycsb("Z").unwrap_err().contains("unknown workload"));
+    }
+
+    #[test]
+    fn key_names_are_ycsb_style_zero_padded_decimals() {
+        for index in [
+            0,
+            7,
+            42,
+            999_999_999_999,
+            1_000_000_000_000,
+            123_456_789_012_345,
+            u64::MAX,
+        ] {
+            let expected = format!("user{index:012}");
+            assert_eq!(KeyName::of(index).as_bytes(), expected.as_bytes(), "index {index}");
+        }
     }
 
     #[test]
