@@ -251,6 +251,86 @@ fn redis_cli_speaks_to_the_resp_port() {
     assert!(node.terminate().success());
 }
 
+/// RESP commands as one array each, concatenated.
+fn resp_commands(commands: &[Vec<String>]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for args in commands {
+        wire.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in args {
+            wire.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+        }
+    }
+    wire
+}
+
+/// Reads from `stream` until `expected.len()` bytes have come.
+fn read_exactly(stream: &mut TcpStream, expected: &[u8]) -> Vec<u8> {
+    let mut got = vec![0u8; expected.len()];
+    stream.read_exact(&mut got).expect("the whole reply arrives");
+    got
+}
+
+#[test]
+fn pipelined_reads_see_the_writes_sent_before_them_on_both_protocols() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let cmd = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    // Keys on every shard (so some GETs are forwarded), written first so
+    // that their values are in memory and reads of them can be answered
+    // before the batch's writes run.
+    let keys: Vec<String> = (0..40).map(|i| format!("pipe-{i}")).collect();
+    let mut stream = TcpStream::connect(("127.0.0.1", node.ports.resp)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let first: Vec<_> = keys.iter().map(|k| cmd(&["SET", k, "old"])).collect();
+    stream.write_all(&resp_commands(&first)).unwrap();
+    read_exactly(&mut stream, &b"+OK\r\n".repeat(keys.len()));
+    // One write, so the server reads it as one batch: per key, a read of
+    // the old value, then write, read, delete, read.
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for key in &keys {
+        batch.extend([
+            cmd(&["GET", key]),
+            cmd(&["SET", key, "new"]),
+            cmd(&["GET", key]),
+            cmd(&["DEL", key]),
+            cmd(&["GET", key]),
+        ]);
+        expected.extend_from_slice(b"$3\r\nold\r\n+OK\r\n$3\r\nnew\r\n:1\r\n$-1\r\n");
+    }
+    stream.write_all(&resp_commands(&batch)).unwrap();
+    let got = read_exactly(&mut stream, &expected);
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&expected));
+    // The native protocol: a put and a get of one key sent together.
+    let addr = node.addr();
+    run(async move {
+        let client = Client::connect(addr, client_options()).await.unwrap();
+        let overwrite = dynkv_net::CallOptions {
+            overwrite: true,
+            ..Default::default()
+        };
+        for key in &keys {
+            client.put(key.as_bytes(), b"v1", None).await.unwrap();
+        }
+        let rounds = keys.iter().map(|key| {
+            let (client, overwrite) = (&client, &overwrite);
+            async move {
+                // Polled in this order, so both frames go out in one write.
+                let (put, got) = futures::join!(
+                    client.put_with(key.as_bytes(), b"v2", None, overwrite),
+                    client.get(key.as_bytes())
+                );
+                put.unwrap();
+                (key, got.unwrap().values)
+            }
+        });
+        for (key, values) in futures::future::join_all(rounds).await {
+            assert_eq!(values, vec![b"v2".to_vec()], "{key}: the get sent after the put saw it");
+        }
+    });
+    assert!(node.terminate().success());
+}
+
 #[test]
 fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,6 +27,21 @@ use crate::signal::Signal;
 use crate::stats::{Counters, EngineStats};
 use crate::writer::{AppendError, Appended, LogWriter};
 
+/// What [`Engine::get_now`] found.
+pub enum GetNow {
+    /// The answer, from memory: the key is absent, or its value is cached
+    /// or still in the write buffer.
+    Answered(Option<Record>),
+    /// Only a disk read can answer: pass this to [`Engine::read_from_disk`].
+    OnDisk(DiskRead),
+}
+
+/// Where a record [`Engine::get_now`] could not find in memory is on disk.
+pub struct DiskRead {
+    entry: KeyEntry,
+    file: Rc<glommio::io::DmaFile>,
+}
+
 /// One key's newest record as returned by [`Engine::get`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -369,39 +384,52 @@ impl Engine {
         }
     }
 
+    /// [`Engine::get`] without waiting, as far as memory answers. A server
+    /// answers most reads this way without making a future for them.
+    pub fn get_now(&self, partition: u32, key: &[u8]) -> Result<GetNow> {
+        let mut st = self.inner.state.borrow_mut();
+        if st.closing {
+            return Err(EngineError::Closed);
+        }
+        st.counters.gets += 1;
+        let Some(&entry) = st.keydir.get(partition, key) else {
+            return Ok(GetNow::Answered(None));
+        };
+        // The cache first: a put caches its value (while there is room), so
+        // a value still in the write buffer is usually cached too, and the
+        // cache hands it out without a copy.
+        if let Some(value) = st.cache.get(entry.cache_slot, (entry.segment, entry.offset)) {
+            return Ok(GetNow::Answered(Some(to_record(&entry, value))));
+        }
+        let record_bytes = entry.record_bytes();
+        if entry.segment == st.writer.segment_id {
+            if let Some(bytes) = st.writer.read_unwritten(u64::from(entry.offset), record_bytes) {
+                let value = Bytes::copy_from_slice(&bytes[record_bytes - entry.value_len as usize..]);
+                return Ok(GetNow::Answered(Some(to_record(&entry, value))));
+            }
+        }
+        let file = st
+            .segments
+            .get(&entry.segment)
+            .expect("the keydir only names registered segments")
+            .file
+            .clone();
+        Ok(GetNow::OnDisk(DiskRead { entry, file }))
+    }
+
     /// The newest record of `key`: a value, a tombstone, or `None`. Costs at
     /// most one disk read; recently read values come from the cache.
     pub async fn get(&self, partition: u32, key: &[u8]) -> Result<Option<Record>> {
-        let (entry, file) = {
-            let mut st = self.inner.state.borrow_mut();
-            if st.closing {
-                return Err(EngineError::Closed);
-            }
-            st.counters.gets += 1;
-            let Some(&entry) = st.keydir.get(partition, key) else {
-                return Ok(None);
-            };
-            // The cache first: a put caches its value (while there is
-            // room), so a value still in the write buffer is usually cached
-            // too, and the cache hands it out without a copy.
-            if let Some(value) = st.cache.get(entry.cache_slot, (entry.segment, entry.offset)) {
-                return Ok(Some(to_record(&entry, value)));
-            }
-            let record_bytes = entry.record_bytes();
-            if entry.segment == st.writer.segment_id {
-                if let Some(bytes) = st.writer.read_unwritten(u64::from(entry.offset), record_bytes) {
-                    let value = Bytes::copy_from_slice(&bytes[record_bytes - entry.value_len as usize..]);
-                    return Ok(Some(to_record(&entry, value)));
-                }
-            }
-            let file = st
-                .segments
-                .get(&entry.segment)
-                .expect("the keydir only names registered segments")
-                .file
-                .clone();
-            (entry, file)
-        };
+        match self.get_now(partition, key)? {
+            GetNow::Answered(found) => Ok(found),
+            GetNow::OnDisk(read) => self.read_from_disk(partition, key, read).await,
+        }
+    }
+
+    /// Finishes a [`Engine::get_now`] that memory could not answer: reads
+    /// the record from disk, and caches its value.
+    pub async fn read_from_disk(&self, partition: u32, key: &[u8], read: DiskRead) -> Result<Option<Record>> {
+        let DiskRead { entry, file } = read;
         let read = file
             .read_at(u64::from(entry.offset), entry.record_bytes())
             .await

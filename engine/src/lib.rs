@@ -47,7 +47,7 @@ mod writer;
 
 pub use compaction::CompactionReport;
 pub use config::{EngineConfig, SyncMode, KEY_LEN_CEILING_BYTES, SEGMENT_SIZE_CEILING_BYTES, VALUE_LEN_CEILING_BYTES};
-pub use engine::{Engine, KeyInfo, Record, Staged};
+pub use engine::{DiskRead, Engine, GetNow, KeyInfo, Record, Staged};
 pub use error::{EngineError, Result};
 pub use merkle::MerkleTree;
 pub use recovery::RecoveryReport;

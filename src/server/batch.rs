@@ -15,6 +15,41 @@ use std::task::Poll;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
+/// The keys requests of a pipelined batch read and write, so that requests
+/// run concurrently still behave as if run in order: a read must not
+/// overtake an earlier write of its key, nor a write an earlier read or
+/// write of its key.
+#[derive(Default)]
+pub(crate) struct KeyConflicts<'a> {
+    reads: std::collections::HashSet<&'a [u8], foldhash::fast::RandomState>,
+    writes: std::collections::HashSet<&'a [u8], foldhash::fast::RandomState>,
+}
+
+impl<'a> KeyConflicts<'a> {
+    pub(crate) fn note_read(&mut self, key: &'a [u8]) {
+        self.reads.insert(key);
+    }
+
+    pub(crate) fn note_write(&mut self, key: &'a [u8]) {
+        self.writes.insert(key);
+    }
+
+    /// Whether a read of `key` must wait for a write noted before it.
+    pub(crate) fn read_conflicts(&self, key: &[u8]) -> bool {
+        !self.writes.is_empty() && self.writes.contains(key)
+    }
+
+    /// Whether a write of `key` must wait for a read or write noted before it.
+    pub(crate) fn write_conflicts(&self, key: &[u8]) -> bool {
+        self.read_conflicts(key) || (!self.reads.is_empty() && self.reads.contains(key))
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.reads.clear();
+        self.writes.clear();
+    }
+}
+
 /// Runs every future of `futures` concurrently; their outputs, in order.
 pub(crate) async fn join_in_order<'a, T: 'a, F>(futures: impl IntoIterator<Item = F>) -> Vec<T>
 where
@@ -54,6 +89,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_wait_only_for_writes_and_writes_for_both() {
+        let mut noted = KeyConflicts::default();
+        assert!(
+            !noted.read_conflicts(b"a") && !noted.write_conflicts(b"a"),
+            "nothing noted"
+        );
+        noted.note_read(b"r");
+        noted.note_write(b"w");
+        assert!(!noted.read_conflicts(b"r"), "reads do not order reads");
+        assert!(noted.write_conflicts(b"r"));
+        assert!(noted.read_conflicts(b"w") && noted.write_conflicts(b"w"));
+        assert!(!noted.read_conflicts(b"x") && !noted.write_conflicts(b"x"));
+        noted.clear();
+        assert!(!noted.write_conflicts(b"w"));
+    }
 
     #[test]
     fn outputs_come_in_order_whatever_order_the_futures_finish_in() {

@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Instant;
 
 use dynkv_net::{
     decode, encode, encode_siblings, encode_with, Decoded, Frame, FrameLimits, Head, Opcode, Sibling, Status,
@@ -21,7 +22,7 @@ use glommio::net::TcpStream;
 use dynkv_ring::NodeId;
 
 use crate::server::auth;
-use crate::server::batch::join_in_order;
+use crate::server::batch::{join_in_order, KeyConflicts};
 use crate::server::recv::{RecvBuf, READ_CHUNK_BYTES};
 use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
 use dynkv::object::object_bytes;
@@ -106,6 +107,21 @@ fn shard_map(shard: &Shard) -> Vec<u8> {
         out.extend_from_slice(&view.client_shard(partition).to_le_bytes());
     }
     out
+}
+
+/// Answers a client's get into `out` if the shard can without waiting
+/// (see `Shard::get_now`); false if the frame must take the usual path.
+fn answer_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>, started: Instant) -> bool {
+    if frame.is_response() || frame.opcode() != Some(Opcode::Get) {
+        return false;
+    }
+    match shard.get_now(frame.key, started) {
+        Some(outcome) => {
+            respond(shard, out, frame, outcome, Port::Client);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Request options from a frame's header (and, for replica messages, the
@@ -335,6 +351,22 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
                 for frame in &frames {
                     shard.prefetch(frame.key);
                 }
+            }
+            if port == Port::Client {
+                // Reads that memory answers need no future: answer them
+                // here, and run only the rest.
+                let started = Instant::now();
+                let mut out = out.borrow_mut();
+                // A read may not overtake a write sent before it that
+                // runs later.
+                let mut later = KeyConflicts::default();
+                frames.retain(|frame| {
+                    let now = !later.read_conflicts(frame.key) && answer_now(&shard, frame, &mut out, started);
+                    if !now && frame.opcode() != Some(Opcode::Get) {
+                        later.note_write(frame.key);
+                    }
+                    !now
+                });
             }
             join_in_order(frames.iter().map(|f| handle(&shard, f, &out, port, admin))).await;
             drop(frames);

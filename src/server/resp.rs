@@ -8,11 +8,12 @@
 
 use std::io::Write;
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-use crate::server::batch::join_in_order;
+use crate::server::batch::{join_in_order, KeyConflicts};
 use crate::server::recv::RecvBuf;
 use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
 
@@ -157,6 +158,112 @@ impl Read {
     }
 }
 
+/// Where a pipelined command's reply is: answered at once, in the batch's
+/// buffer, or coming from the commands run later, in order.
+enum Reply {
+    Now(std::ops::Range<usize>),
+    Later,
+}
+
+/// GET's reply.
+fn reply_get(out: &mut Vec<u8>, read: Read) {
+    match read {
+        Read::Failed(other) => {
+            failure(out, &other);
+        }
+        found => match found.value() {
+            Some(value) => bulk(out, value),
+            None => out.extend_from_slice(b"$-1\r\n"),
+        },
+    }
+}
+
+/// How a command touches the keys among its arguments.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// No keys (PING, INFO, unknown commands).
+    None,
+    Read,
+    Write,
+}
+
+/// How `args` touches keys, and which of its arguments are keys.
+fn access<'c>(args: &'c [&'c [u8]]) -> (Access, impl Iterator<Item = &'c [u8]> + Clone + 'c) {
+    let name = args.first().copied().unwrap_or_default();
+    let is = |command: &[u8]| name.eq_ignore_ascii_case(command);
+    let rest = args.get(1..).unwrap_or_default();
+    let (access, step, keys) = if is(b"GET") || is(b"MGET") || is(b"EXISTS") {
+        (Access::Read, 1, rest)
+    } else if is(b"SET") {
+        (Access::Write, 1, &rest[..rest.len().min(1)])
+    } else if is(b"MSET") {
+        (Access::Write, 2, rest)
+    } else if is(b"DEL") {
+        (Access::Write, 1, rest)
+    } else {
+        (Access::None, 1, &rest[..0])
+    };
+    (access, keys.iter().step_by(step).copied())
+}
+
+/// Answers a GET into `out` if the shard can without waiting (see
+/// `Shard::get_now`) and no command before it that runs later writes its
+/// key; false if the command must take the usual path.
+fn get_now(shard: &Shard, args: &[&[u8]], later: &KeyConflicts<'_>, out: &mut Vec<u8>, started: Instant) -> bool {
+    if args.len() != 2 || !args[0].eq_ignore_ascii_case(b"GET") || later.read_conflicts(args[1]) {
+        return false;
+    }
+    match shard.get_now(args[1], started) {
+        Some(Outcome::Object(clock)) => reply_get(out, Read::Object(clock)),
+        Some(other) => reply_get(out, Read::Failed(other)),
+        None => return false,
+    }
+    true
+}
+
+/// Runs pipelined commands, concurrently where that cannot change what
+/// they do: a command that touches a key an earlier command of the batch
+/// writes (or writes a key an earlier one reads) starts only after the
+/// commands before it finished, as Redis runs a connection's commands in
+/// order. Replies (and whether to stay open) come in command order.
+async fn run_in_order(shard: &Rc<Shard>, commands: &[&Vec<&[u8]>]) -> Vec<(Vec<u8>, bool)> {
+    let mut replies = Vec::with_capacity(commands.len());
+    let mut touched = KeyConflicts::default();
+    let mut start = 0;
+    while start < commands.len() {
+        let mut end = start;
+        touched.clear();
+        while end < commands.len() {
+            let (access, keys) = access(commands[end]);
+            let conflict = match access {
+                Access::None => false,
+                Access::Read => keys.clone().any(|k| touched.read_conflicts(k)),
+                Access::Write => keys.clone().any(|k| touched.write_conflicts(k)),
+            };
+            if conflict && end > start {
+                break;
+            }
+            for key in keys {
+                match access {
+                    Access::Read => touched.note_read(key),
+                    Access::Write => touched.note_write(key),
+                    Access::None => {}
+                }
+            }
+            end += 1;
+        }
+        let wave = join_in_order(commands[start..end].iter().map(|args| async {
+            let mut out = Vec::new();
+            let keep_open = execute(shard, args, &mut out).await;
+            (out, keep_open)
+        }))
+        .await;
+        replies.extend(wave);
+        start = end;
+    }
+    replies
+}
+
 async fn read(shard: &Rc<Shard>, key: &[u8]) -> Read {
     match shard.execute(Op::Get, key, &[], &[], RequestOptions::default()).await {
         Outcome::Object(clock) => Read::Object(clock),
@@ -192,15 +299,7 @@ async fn execute(shard: &Rc<Shard>, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
             None => out.extend_from_slice(b"+PONG\r\n"),
         },
         "ECHO" if arity(2) => bulk(out, args[1]),
-        "GET" if arity(2) => match read(shard, args[1]).await {
-            Read::Failed(other) => {
-                failure(out, &other);
-            }
-            found => match found.value() {
-                Some(value) => bulk(out, value),
-                None => out.extend_from_slice(b"$-1\r\n"),
-            },
-        },
+        "GET" if arity(2) => reply_get(out, read(shard, args[1]).await),
         "SET" if arity(3) => {
             let outcome = shard.execute(Op::Put, args[1], &[], args[2], RESP_WRITE).await;
             if !failure(out, &outcome) {
@@ -328,21 +427,50 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                     }
                 }
             }
-            let replies = join_in_order(commands.iter().map(|args| async {
-                let mut out = Vec::new();
-                let keep_open = execute(&shard, args, &mut out).await;
-                (out, keep_open)
-            }))
-            .await;
-            drop(commands);
-            let mut out = Vec::new();
-            let mut keep_open = true;
-            for (reply, open) in replies {
-                if keep_open {
-                    out.extend_from_slice(&reply);
-                }
-                keep_open &= open;
+            // GETs that memory answers are answered now, without a future
+            // each; the rest run concurrently. Replies go out in command
+            // order either way.
+            let started = Instant::now();
+            let mut now = Vec::new();
+            let mut order = Vec::with_capacity(commands.len());
+            let mut later = Vec::new();
+            let mut later_writes = KeyConflicts::default();
+            for args in &commands {
+                let begin = now.len();
+                order.push(if get_now(&shard, args, &later_writes, &mut now, started) {
+                    Reply::Now(begin..now.len())
+                } else {
+                    if let (Access::Write, keys) = access(args) {
+                        keys.for_each(|key| later_writes.note_write(key));
+                    }
+                    later.push(args);
+                    Reply::Later
+                });
             }
+            let replies = run_in_order(&shard, &later).await;
+            drop(later);
+            drop(commands);
+            let mut keep_open = true;
+            let mut out = if replies.is_empty() {
+                now
+            } else {
+                let mut out = Vec::new();
+                let mut replies = replies.into_iter();
+                for reply in order {
+                    match reply {
+                        Reply::Now(range) => out.extend_from_slice(&now[range]),
+                        Reply::Later => {
+                            let (reply, open) = replies.next().expect("one reply per command run later");
+                            out.extend_from_slice(&reply);
+                            keep_open = open;
+                        }
+                    }
+                    if !keep_open {
+                        break;
+                    }
+                }
+                out
+            };
             if let Some(message) = &protocol_error {
                 error(&mut out, &format!("ERR Protocol error: {message}"));
                 keep_open = false;

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynkv_engine::{Engine, EngineError, EngineStats};
+use dynkv_engine::{Engine, EngineError, EngineStats, GetNow};
 use dynkv_net::Status;
 use dynkv_ring::{NodeId, Owner, PartitionCount};
 use futures::channel::oneshot;
@@ -149,6 +149,20 @@ pub(crate) fn engine_failure(err: EngineError) -> Outcome {
         _ => Status::Internal,
     };
     Outcome::Failed(status, err.to_string())
+}
+
+/// A stored record as the version it holds (empty if absent or deleted).
+fn stored_version(record: dynkv_engine::Result<Option<dynkv_engine::Record>>) -> Result<Clock, Outcome> {
+    match record {
+        Ok(Some(record)) if !record.tombstone => decode_object_shared(&record.value).map_err(|e| {
+            Outcome::failed(
+                Status::Internal,
+                format!("the stored version of this key is corrupt: {e}"),
+            )
+        }),
+        Ok(_) => Ok(Clock::new()),
+        Err(err) => Err(engine_failure(err)),
+    }
 }
 
 pub(crate) struct Shard {
@@ -469,16 +483,40 @@ impl Shard {
 
     /// Reads this shard's stored version of `key` (empty if none).
     pub(crate) async fn read_local(&self, partition: u32, key: &[u8]) -> Result<Clock, Outcome> {
-        match self.engine.get(partition, key).await {
-            Ok(Some(record)) if !record.tombstone => decode_object_shared(&record.value).map_err(|e| {
-                Outcome::failed(
-                    Status::Internal,
-                    format!("the stored version of this key is corrupt: {e}"),
-                )
-            }),
-            Ok(_) => Ok(Clock::new()),
-            Err(err) => Err(engine_failure(err)),
+        stored_version(self.engine.get(partition, key).await)
+    }
+
+    /// A client's get (without a hint target) answered at once, without a
+    /// future, when it can be: this shard is the key's only replica (so
+    /// `coordinate_get` would only read it here) and its stored version is
+    /// in memory. `None` sends the request the usual way, which also
+    /// answers every error. Nothing is counted (see `get_now`).
+    pub(crate) fn read_now(&self, key: &[u8]) -> Option<Outcome> {
+        if key.len() > self.config.key_max_bytes {
+            return None;
         }
+        let view = self.view.borrow();
+        let partition = self.q.partition_of(key);
+        match view.primaries(partition) {
+            [only] if only.node == self.me && usize::from(only.shard) == self.id && !view.is_forming() => {}
+            _ => return None,
+        }
+        Some(match self.engine.get_now(partition, key) {
+            Ok(GetNow::OnDisk(_)) => return None,
+            Ok(GetNow::Answered(record)) => match stored_version(Ok(record)) {
+                Ok(clock) => Outcome::Object(clock),
+                Err(outcome) => outcome,
+            },
+            Err(err) => engine_failure(err),
+        })
+    }
+
+    /// `read_now` for a client connection of this shard, counted like
+    /// `execute` as taking from `started` until now.
+    pub(crate) fn get_now(&self, key: &[u8], started: Instant) -> Option<Outcome> {
+        let outcome = self.read_now(key)?;
+        self.counters.record(Op::Get, &outcome, started.elapsed());
+        Some(outcome)
     }
 
     pub(crate) fn report(&self) -> ShardReport {
@@ -559,21 +597,35 @@ impl Shard {
                                 members.confirm(partition);
                             }
                         }
-                        ShardMsg::Request(req) => {
-                            let shard = shard.clone();
-                            super::eager::run_or_spawn(async move {
-                                let outcome = shard
-                                    .route(req.op, &req.key, &req.context, &req.value, req.options)
-                                    .await;
+                        ShardMsg::Request(req) if req.op == Op::Get && req.options.hint_for.is_none() => {
+                            match shard.read_now(&req.key) {
                                 // The requester may have given up; that is fine.
-                                let _ = req.reply.send(outcome);
-                            })
-                            .await;
+                                Some(outcome) => {
+                                    drop(req.reply.send(outcome));
+                                    glommio::yield_if_needed().await;
+                                }
+                                None => shard.serve_forwarded(req).await,
+                            }
                         }
+                        ShardMsg::Request(req) => shard.serve_forwarded(req).await,
                     }
                 }
             })
             .detach();
         }
+    }
+
+    /// Runs a request another shard forwarded, in place unless it must
+    /// wait (see `eager`).
+    async fn serve_forwarded(self: &Rc<Self>, req: Forwarded) {
+        let shard = self.clone();
+        super::eager::run_or_spawn(async move {
+            let outcome = shard
+                .route(req.op, &req.key, &req.context, &req.value, req.options)
+                .await;
+            // The requester may have given up; that is fine.
+            let _ = req.reply.send(outcome);
+        })
+        .await;
     }
 }

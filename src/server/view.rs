@@ -75,6 +75,11 @@ impl ClusterView {
         self.forming.clone()
     }
 
+    /// Whether the cluster is still forming (see `forming_reason`).
+    pub(crate) fn is_forming(&self) -> bool {
+        self.forming.is_some()
+    }
+
     /// Replicas of `partition` that are receiving its data (owners in the
     /// pending table that do not own it now).
     pub(crate) fn incoming(&self, partition: u32) -> Vec<Owner> {
