@@ -109,12 +109,9 @@ fn shard_map(shard: &Shard) -> Vec<u8> {
     out
 }
 
-/// Answers a client's get into `out` if the shard can without waiting
-/// (see `Shard::get_now`); false if the frame must take the usual path.
+/// Answers a client's get frame into `out` if the shard can without
+/// waiting (see `Shard::get_now`); false if it must take the usual path.
 fn answer_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>, started: Instant) -> bool {
-    if frame.is_response() || frame.opcode() != Some(Opcode::Get) {
-        return false;
-    }
     match shard.get_now(frame.key, started) {
         Some(outcome) => {
             respond(shard, out, frame, outcome, Port::Client);
@@ -352,17 +349,26 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
                     shard.prefetch(frame.key);
                 }
             }
-            if port == Port::Client {
-                // Reads that memory answers need no future: answer them
-                // here, and run only the rest.
+            let is_get = |frame: &Frame<'_>| !frame.is_response() && frame.opcode() == Some(Opcode::Get);
+            // Reads that memory answers need no future: answer them here,
+            // and run only the rest. Frames after the last get can neither
+            // be answered now nor hold one back.
+            if let Some(last_get) = frames.iter().rposition(is_get).filter(|_| port == Port::Client) {
                 let started = Instant::now();
                 let mut out = out.borrow_mut();
                 // A read may not overtake a write sent before it that
                 // runs later.
                 let mut later = KeyConflicts::default();
+                let mut index = 0;
                 frames.retain(|frame| {
-                    let now = !later.read_conflicts(frame.key) && answer_now(&shard, frame, &mut out, started);
-                    if !now && frame.opcode() != Some(Opcode::Get) {
+                    index += 1;
+                    if index > last_get + 1 {
+                        return true;
+                    }
+                    let now = is_get(frame)
+                        && !later.read_conflicts(frame.key)
+                        && answer_now(&shard, frame, &mut out, started);
+                    if !now && !is_get(frame) {
                         later.note_write(frame.key);
                     }
                     !now
