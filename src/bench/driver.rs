@@ -5,6 +5,7 @@
 //! due, so a stalled server cannot hide behind a waiting client).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +22,7 @@ use crate::bench::workload::{KeyChooser, KeyName, Mix, OpKind, ValueSize};
 
 /// Requests an open-loop thread lets wait for a free slot before it counts
 /// further ones as `backlog_full` errors instead of queueing them.
-const OPEN_LOOP_BACKLOG_MAX: u64 = 100_000;
+const OPEN_LOOP_BACKLOG_MAX: usize = 100_000;
 
 /// The budget of a run limited by time, not by a count.
 const BUDGET_UNLIMITED: u64 = u64::MAX;
@@ -78,13 +79,13 @@ impl Shared {
                 .is_ok()
     }
 
-    /// Counts one operation of `thread`, done or failed.
-    fn count(&self, thread: u64, ok: bool) {
+    /// Counts `n` operations of `thread`, done or failed.
+    fn count(&self, thread: u64, ok: bool, n: u64) {
         let counts = &self.counts[thread as usize];
         let counter = if ok { &counts.ops } else { &counts.errors };
         // Only this thread writes its counters: a load and a store, no
         // locked read-modify-write.
-        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 
     /// Operations done and failed so far, over every thread.
@@ -212,7 +213,7 @@ impl Worker {
     async fn run_one(&self, kind: OpKind, due: Instant, rng: &mut XorShiftRng) -> Instant {
         let result = self.op(kind, rng).await.map_err(|e| error_kind(&e));
         let now = Instant::now();
-        self.shared.count(self.plan.thread, result.is_ok());
+        self.shared.count(self.plan.thread, result.is_ok(), 1);
         self.recorder.borrow_mut().record(kind, now - due, result, now);
         now
     }
@@ -274,65 +275,83 @@ async fn closed_loop(worker: &Rc<Worker>) {
     }
 }
 
+/// The requests an open-loop thread has made due and not yet sent, in due
+/// order, and a permit for each.
+struct Due {
+    times: RefCell<VecDeque<Instant>>,
+    ready: glommio::sync::Semaphore,
+}
+
+impl Worker {
+    /// Counts `count` requests that failed with `error` by `at`.
+    fn fail(&self, error: &str, count: u64, at: Instant) {
+        if count > 0 {
+            self.shared.count(self.plan.thread, false, count);
+            self.recorder.borrow_mut().record_errors(error, count, at);
+        }
+    }
+}
+
+/// Makes requests due at `rate` per second whatever the server does, and
+/// sends each with the first of `concurrency` workers free; latency counts
+/// from the due time. Requests due and not yet sent wait in a queue of at
+/// most `OPEN_LOOP_BACKLOG_MAX`; past that, further ones are counted as
+/// `backlog_full` errors and not queued, so that an overloaded server costs
+/// the load generator a counter, not a task, per request.
 async fn open_loop(worker: &Rc<Worker>, rate: f64) {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
-    let slots = Rc::new(glommio::sync::Semaphore::new(worker.plan.concurrency as u64));
-    let waiting = Rc::new(std::cell::Cell::new(0u64));
-    let unfinished = Rc::new(std::cell::Cell::new(0u64));
-    let mut rng = worker_rng(worker.plan.seed, worker.plan.thread, u64::MAX);
-    let mut due = Instant::now();
+    let due = Rc::new(Due {
+        times: RefCell::new(VecDeque::new()),
+        ready: glommio::sync::Semaphore::new(0),
+    });
+    let senders: Vec<_> = (0..worker.plan.concurrency)
+        .map(|i| {
+            let (worker, due) = (worker.clone(), due.clone());
+            glommio::spawn_local(async move {
+                let mut rng = worker_rng(worker.plan.seed, worker.plan.thread, i as u64);
+                // A closed semaphore (the run is over) fails the wait.
+                while due.ready.acquire(1).await.is_ok() {
+                    let intended = due.times.borrow_mut().pop_front().expect("a permit per queued request");
+                    let kind = worker.plan.mix.pick(&mut rng);
+                    worker.run_one(kind, intended, &mut rng).await;
+                }
+            })
+        })
+        .collect();
+    let mut next_due = Instant::now();
     'schedule: loop {
         let now = Instant::now();
-        while due <= now {
+        let (mut queued, mut overflow) = (0u64, 0u64);
+        while next_due <= now {
             if !worker.shared.claim() {
+                due.ready.signal(queued);
+                worker.fail("backlog_full", overflow, now);
                 break 'schedule;
             }
-            let kind = worker.plan.mix.pick(&mut rng);
-            if waiting.get() >= OPEN_LOOP_BACKLOG_MAX {
-                // The server is so far behind that queueing more would only
-                // grow memory: count the request as failed, late.
-                worker.shared.count(worker.plan.thread, false);
-                worker
-                    .recorder
-                    .borrow_mut()
-                    .record(kind, now - due, Err("backlog_full".into()), now);
+            let mut times = due.times.borrow_mut();
+            if times.len() >= OPEN_LOOP_BACKLOG_MAX {
+                overflow += 1;
             } else {
-                let (worker, slots, waiting, unfinished) =
-                    (worker.clone(), slots.clone(), waiting.clone(), unfinished.clone());
-                let mut op_rng = XorShiftRng::seed_from_u64(rand::Rng::next_u64(&mut rng));
-                waiting.set(waiting.get() + 1);
-                unfinished.set(unfinished.get() + 1);
-                let intended = due;
-                glommio::spawn_local(async move {
-                    let permit = slots.acquire_permit(1).await;
-                    waiting.set(waiting.get() - 1);
-                    if permit.is_ok() {
-                        worker.run_one(kind, intended, &mut op_rng).await;
-                    } else {
-                        let now = Instant::now();
-                        worker.shared.count(worker.plan.thread, false);
-                        worker
-                            .recorder
-                            .borrow_mut()
-                            .record(kind, now - intended, Err("not_sent".into()), now);
-                    }
-                    unfinished.set(unfinished.get() - 1);
-                })
-                .detach();
+                times.push_back(next_due);
+                queued += 1;
             }
-            due += interval;
+            next_due += interval;
         }
+        due.ready.signal(queued);
+        worker.fail("backlog_full", overflow, now);
         // Sleep until the next request is due, at least 1 ms at a time.
-        let wait = due
+        let wait = next_due
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
         glommio::timer::sleep(wait).await;
     }
-    // Requests still waiting for a slot when the run ends were due inside
-    // it but never sent: closing the slots makes each count as failed
-    // ("not_sent"); those in flight get their answer (each has a timeout).
-    slots.close();
-    while unfinished.get() > 0 {
-        glommio::timer::sleep(Duration::from_millis(1)).await;
+    // Requests still queued when the run ends were due inside it but never
+    // sent: they count as failed ("not_sent"); those in flight get their
+    // answer (each has a timeout).
+    due.ready.close();
+    for sender in senders {
+        sender.await;
     }
+    let unsent = due.times.borrow_mut().drain(..).count() as u64;
+    worker.fail("not_sent", unsent, Instant::now());
 }

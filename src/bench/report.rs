@@ -62,6 +62,36 @@ impl Recorder {
     /// `Ok(what a read saw)` or `Err(kind of error)`.
     pub(crate) fn record(&mut self, kind: OpKind, latency: Duration, result: Result<Seen, String>, at: Instant) {
         let us = (latency.as_micros().min(u128::from(LATENCY_MAX_US)) as u64).max(1);
+        match result {
+            Ok(seen) => {
+                self.latency.entry(kind).or_insert_with(histogram).saturating_record(us);
+                self.sibling_reads += u64::from(seen == Seen::Siblings);
+                self.misses += u64::from(seen == Seen::Nothing);
+                if let Some(slot) = self.second_of(at) {
+                    slot.ops += 1;
+                    slot.latency.saturating_record(us);
+                }
+            }
+            Err(error) => self.record_errors(&error, 1, at),
+        }
+    }
+
+    /// Records `count` operations that failed with `error` by `at`.
+    pub(crate) fn record_errors(&mut self, error: &str, count: u64, at: Instant) {
+        match self.errors.get_mut(error) {
+            Some(total) => *total += count,
+            None => {
+                self.errors.insert(error.to_string(), count);
+            }
+        }
+        if let Some(slot) = self.second_of(at) {
+            slot.errors += count;
+        }
+    }
+
+    /// The timeline's slot for the second `at` falls in (`None` past the
+    /// timeline's bound).
+    fn second_of(&mut self, at: Instant) -> Option<&mut Second> {
         let second = at.saturating_duration_since(self.start).as_secs() as usize;
         if second < TIMELINE_MAX_S {
             while self.timeline.len() <= second {
@@ -72,24 +102,7 @@ impl Recorder {
                 });
             }
         }
-        let slot = self.timeline.get_mut(second);
-        match result {
-            Ok(seen) => {
-                self.latency.entry(kind).or_insert_with(histogram).saturating_record(us);
-                self.sibling_reads += u64::from(seen == Seen::Siblings);
-                self.misses += u64::from(seen == Seen::Nothing);
-                if let Some(slot) = slot {
-                    slot.ops += 1;
-                    slot.latency.saturating_record(us);
-                }
-            }
-            Err(error) => {
-                *self.errors.entry(error).or_insert(0) += 1;
-                if let Some(slot) = slot {
-                    slot.errors += 1;
-                }
-            }
-        }
+        self.timeline.get_mut(second)
     }
 
     /// Folds `other` into this one.
