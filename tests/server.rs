@@ -272,8 +272,16 @@ fn read_exactly(stream: &mut TcpStream, expected: &[u8]) -> Vec<u8> {
 
 #[test]
 fn pipelined_reads_see_the_writes_sent_before_them_on_both_protocols() {
+    // Under sync=always a write waits for its sync; under an interval the
+    // server may also do it at once, without a future.
+    for sync in ["always", "interval_ms=1000"] {
+        pipelined_reads_see_earlier_writes(sync);
+    }
+}
+
+fn pipelined_reads_see_earlier_writes(sync: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &[]);
+    let node = Node::start(dir.path(), &["--sync", sync]);
     let cmd = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     // Keys on every shard (so some GETs are forwarded), written first so
     // that their values are in memory and reads of them can be answered
@@ -300,7 +308,11 @@ fn pipelined_reads_see_the_writes_sent_before_them_on_both_protocols() {
     }
     stream.write_all(&resp_commands(&batch)).unwrap();
     let got = read_exactly(&mut stream, &expected);
-    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&expected));
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&expected),
+        "sync={sync}"
+    );
     // The native protocol: a put and a get of one key sent together.
     let addr = node.addr();
     run(async move {
@@ -325,7 +337,11 @@ fn pipelined_reads_see_the_writes_sent_before_them_on_both_protocols() {
             }
         });
         for (key, values) in futures::future::join_all(rounds).await {
-            assert_eq!(values, vec![b"v2".to_vec()], "{key}: the get sent after the put saw it");
+            assert_eq!(
+                values,
+                vec![b"v2".to_vec()],
+                "sync={sync}, {key}: the get sent after the put saw it"
+            );
         }
     });
     assert!(node.terminate().success());

@@ -227,34 +227,56 @@ impl Inner {
         mut on_append: impl FnMut(&mut State, &RecordHeader, Appended) -> T,
     ) -> Result<(Appended, T)> {
         loop {
-            let wait = {
-                let mut st = self.state.borrow_mut();
-                let header = make_header(&mut st)?;
-                // While a roll is pending nothing may join the old segment:
-                // the roll seals exactly what the flusher last wrote.
-                let appended = if st.roll_requested {
-                    Err(AppendError::SegmentFull)
-                } else {
-                    st.writer.try_append(&header, key, value)
-                };
-                match appended {
-                    Ok(at) => {
-                        let out = on_append(&mut st, &header, at);
-                        let wake_streamer = st.hints.note(at.segment, at.offset, &header, key);
-                        drop(st);
-                        if wake_streamer {
-                            self.background.notify();
-                        }
-                        self.work.notify();
-                        return Ok((at, out));
-                    }
-                    Err(AppendError::BufferFull) => st.space_wanted = true,
-                    Err(AppendError::SegmentFull) => st.roll_requested = true,
-                }
-                self.space.wait()
-            };
+            if let Some(done) = self.try_append_with(&mut make_header, key, value, &mut on_append) {
+                return done;
+            }
+            // No await since the attempt: no notify can have been missed.
+            let wait = self.space.wait();
             self.work.notify();
             wait.await;
+        }
+    }
+
+    /// One attempt of `append_with`: `None` if the append must wait for
+    /// buffer space or a segment roll (the flusher is told to make it).
+    pub(crate) fn try_append_with<T>(
+        &self,
+        make_header: &mut impl FnMut(&mut State) -> Result<RecordHeader>,
+        key: &[u8],
+        value: &[u8],
+        on_append: &mut impl FnMut(&mut State, &RecordHeader, Appended) -> T,
+    ) -> Option<Result<(Appended, T)>> {
+        let mut st = self.state.borrow_mut();
+        let header = match make_header(&mut st) {
+            Ok(header) => header,
+            Err(err) => return Some(Err(err)),
+        };
+        // While a roll is pending nothing may join the old segment: the
+        // roll seals exactly what the flusher last wrote.
+        let appended = if st.roll_requested {
+            Err(AppendError::SegmentFull)
+        } else {
+            st.writer.try_append(&header, key, value)
+        };
+        match appended {
+            Ok(at) => {
+                let out = on_append(&mut st, &header, at);
+                let wake_streamer = st.hints.note(at.segment, at.offset, &header, key);
+                drop(st);
+                if wake_streamer {
+                    self.background.notify();
+                }
+                self.work.notify();
+                Some(Ok((at, out)))
+            }
+            Err(AppendError::BufferFull) => {
+                st.space_wanted = true;
+                None
+            }
+            Err(AppendError::SegmentFull) => {
+                st.roll_requested = true;
+                None
+            }
         }
     }
 }
@@ -307,10 +329,37 @@ impl Engine {
     /// durability.
     async fn stage(&self, partition: u32, flags: u8, key: &[u8], value: &[u8]) -> Result<Staged> {
         self.check_limits(key, value)?;
+        let (make_header, install) = self.staging(partition, flags, key, value);
+        let (at, seq) = self.inner.append_with(make_header, key, value, install).await?;
+        Ok(Staged { seq, lsn: at.lsn })
+    }
+
+    /// `stage` without waiting: `None` if the log must first make room.
+    fn stage_now(&self, partition: u32, flags: u8, key: &[u8], value: &[u8]) -> Option<Result<Staged>> {
+        if let Err(err) = self.check_limits(key, value) {
+            return Some(Err(err));
+        }
+        let (mut make_header, mut install) = self.staging(partition, flags, key, value);
+        let appended = self.inner.try_append_with(&mut make_header, key, value, &mut install)?;
+        Some(appended.map(|(at, seq)| Staged { seq, lsn: at.lsn }))
+    }
+
+    /// A staged write's header, and what installs it in the keydir once
+    /// appended (returning its sequence number). The limits are checked.
+    fn staging<'a>(
+        &self,
+        partition: u32,
+        flags: u8,
+        key: &'a [u8],
+        value: &'a [u8],
+    ) -> (
+        impl FnMut(&mut State) -> Result<RecordHeader> + 'a,
+        impl FnMut(&mut State, &RecordHeader, Appended) -> u64 + 'a,
+    ) {
         let sum = record::body_checksum(flags, key, value);
         let key_len = u16::try_from(key.len()).expect("key length is bounded by key_len_max_bytes");
         let value_len = u32::try_from(value.len()).expect("value length is bounded by value_len_max_bytes");
-        let make_header = |st: &mut State| {
+        let make_header = move |st: &mut State| {
             st.check_writable()?;
             Ok(record::header_for(
                 partition,
@@ -321,14 +370,34 @@ impl Engine {
                 sum,
             ))
         };
-        let install = |st: &mut State, header: &RecordHeader, at: Appended| {
+        let install = move |st: &mut State, header: &RecordHeader, at: Appended| {
             st.next_seq += 1;
             st.install(header, key, value, at);
             st.counters.note_write(flags, value.len());
             header.seq
         };
-        let (at, seq) = self.inner.append_with(make_header, key, value, install).await?;
-        Ok(Staged { seq, lsn: at.lsn })
+        (make_header, install)
+    }
+
+    /// [`Engine::put_staged_marked`] without waiting: `None` if the log
+    /// must first make room (a full buffer, a segment being sealed), and
+    /// nothing was written. A server does most writes this way without
+    /// making a future for them.
+    pub fn put_staged_marked_now(
+        &self,
+        partition: u32,
+        key: &[u8],
+        value: &[u8],
+        marked: bool,
+    ) -> Option<Result<Staged>> {
+        let flags = if marked { crate::record::FLAG_MARKED } else { 0 };
+        self.stage_now(partition, flags, key, value)
+    }
+
+    /// Whether [`Engine::wait_staged`] returns at once for every staged
+    /// write: the sync mode does not wait for `fdatasync`.
+    pub fn acknowledges_when_staged(&self) -> bool {
+        self.inner.config.sync != SyncMode::Always
     }
 
     /// Like [`Engine::put`] in two steps: this returns as soon as the value

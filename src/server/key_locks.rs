@@ -74,6 +74,17 @@ impl KeyLocks {
         KeyGuard { locks: self, key }
     }
 
+    /// Holds `key` if no one else does; `None` if someone does.
+    pub(crate) fn try_lock(&self, key: &[u8]) -> Option<KeyGuard<'_>> {
+        let key = xxhash_rust::xxh3::xxh3_64(key);
+        let mut held = self.held.borrow_mut();
+        if held.contains_key(&key) {
+            return None;
+        }
+        held.insert(key, VecDeque::new());
+        Some(KeyGuard { locks: self, key })
+    }
+
     /// Hands `key` to the next live waiter, or frees it.
     fn release(&self, key: u64) {
         let mut held = self.held.borrow_mut();
@@ -135,6 +146,17 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    #[test]
+    fn try_lock_takes_only_a_free_key() {
+        let locks = KeyLocks::default();
+        let held = locks.try_lock(b"k").expect("a free key");
+        assert!(locks.try_lock(b"k").is_none(), "held");
+        assert!(locks.try_lock(b"other").is_some(), "another key is free");
+        drop(held);
+        assert!(!locks.is_held(b"k"));
+        assert!(locks.try_lock(b"k").is_some());
     }
 
     #[test]

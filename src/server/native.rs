@@ -109,6 +109,45 @@ fn shard_map(shard: &Shard) -> Vec<u8> {
     out
 }
 
+/// How a client's frame touches its key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Not a get, put or delete (or a response sent to the server).
+    None,
+    Read,
+    Write,
+}
+
+fn access(frame: &Frame<'_>) -> Access {
+    match frame.opcode() {
+        _ if frame.is_response() => Access::None,
+        Some(Opcode::Get) => Access::Read,
+        Some(Opcode::Put | Opcode::Delete) => Access::Write,
+        _ => Access::None,
+    }
+}
+
+/// Does a client's put or delete frame at once, answering into `out`, if
+/// the shard can without waiting (see `Shard::write_now`); false if it
+/// must take the usual path.
+fn write_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>, started: Instant) -> bool {
+    let op = if frame.opcode() == Some(Opcode::Put) {
+        Op::Put
+    } else {
+        Op::Delete
+    };
+    let Ok(options) = options(frame, Port::Client) else {
+        return false;
+    };
+    match shard.write_now(op, frame.key, (frame.context, frame.value), &options, started) {
+        Some(outcome) => {
+            respond(shard, out, frame, outcome, Port::Client);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Answers a client's get frame into `out` if the shard can without
 /// waiting (see `Shard::get_now`); false if it must take the usual path.
 fn answer_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>, started: Instant) -> bool {
@@ -349,29 +388,32 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
                     shard.prefetch(frame.key);
                 }
             }
-            let is_get = |frame: &Frame<'_>| !frame.is_response() && frame.opcode() == Some(Opcode::Get);
-            // Reads that memory answers need no future: answer them here,
-            // and run only the rest. Frames after the last get can neither
-            // be answered now nor hold one back.
-            if let Some(last_get) = frames.iter().rposition(is_get).filter(|_| port == Port::Client) {
+            if port == Port::Client {
+                // Requests the shard can finish without waiting need no
+                // future: answer them here, and run only the rest. None
+                // may overtake a request sent before it that runs later
+                // and touches its key.
                 let started = Instant::now();
                 let mut out = out.borrow_mut();
-                // A read may not overtake a write sent before it that
-                // runs later.
                 let mut later = KeyConflicts::default();
-                let mut index = 0;
                 frames.retain(|frame| {
-                    index += 1;
-                    if index > last_get + 1 {
-                        return true;
+                    let done = match access(frame) {
+                        Access::Read => {
+                            !later.read_conflicts(frame.key) && answer_now(&shard, frame, &mut out, started)
+                        }
+                        Access::Write => {
+                            !later.write_conflicts(frame.key) && write_now(&shard, frame, &mut out, started)
+                        }
+                        Access::None => false,
+                    };
+                    if !done {
+                        match access(frame) {
+                            Access::Read => later.note_read(frame.key),
+                            Access::Write => later.note_write(frame.key),
+                            Access::None => {}
+                        }
                     }
-                    let now = is_get(frame)
-                        && !later.read_conflicts(frame.key)
-                        && answer_now(&shard, frame, &mut out, started);
-                    if !now && !is_get(frame) {
-                        later.note_write(frame.key);
-                    }
-                    !now
+                    !done
                 });
             }
             join_in_order(frames.iter().map(|f| handle(&shard, f, &out, port, admin))).await;

@@ -206,11 +206,27 @@ fn access<'c>(args: &'c [&'c [u8]]) -> (Access, impl Iterator<Item = &'c [u8]> +
     (access, keys.iter().step_by(step).copied())
 }
 
+/// Does a SET at once, replying into `out`, if the shard can without
+/// waiting (see `Shard::write_now`); false if it must take the usual path.
+fn set_now(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>, started: Instant) -> bool {
+    if args.len() != 3 || !args[0].eq_ignore_ascii_case(b"SET") {
+        return false;
+    }
+    match shard.write_now(Op::Put, args[1], (&[], args[2]), &RESP_WRITE, started) {
+        Some(outcome) => {
+            if !failure(out, &outcome) {
+                out.extend_from_slice(b"+OK\r\n");
+            }
+            true
+        }
+        None => false,
+    }
+}
+
 /// Answers a GET into `out` if the shard can without waiting (see
-/// `Shard::get_now`) and no command before it that runs later writes its
-/// key; false if the command must take the usual path.
-fn get_now(shard: &Shard, args: &[&[u8]], later: &KeyConflicts<'_>, out: &mut Vec<u8>, started: Instant) -> bool {
-    if args.len() != 2 || !args[0].eq_ignore_ascii_case(b"GET") || later.read_conflicts(args[1]) {
+/// `Shard::get_now`); false if the command must take the usual path.
+fn get_now(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>, started: Instant) -> bool {
+    if args.len() != 2 || !args[0].eq_ignore_ascii_case(b"GET") {
         return false;
     }
     match shard.get_now(args[1], started) {
@@ -434,14 +450,32 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             let mut now = Vec::new();
             let mut order = Vec::with_capacity(commands.len());
             let mut later = Vec::new();
-            let mut later_writes = KeyConflicts::default();
+            // None may overtake a command before it that runs later and
+            // touches its key.
+            let mut touched_later = KeyConflicts::default();
             for args in &commands {
                 let begin = now.len();
-                order.push(if get_now(&shard, args, &later_writes, &mut now, started) {
+                let (access, keys) = access(args);
+                let done = match access {
+                    Access::Read => {
+                        !keys.clone().any(|k| touched_later.read_conflicts(k))
+                            && get_now(&shard, args, &mut now, started)
+                    }
+                    Access::Write => {
+                        !keys.clone().any(|k| touched_later.write_conflicts(k))
+                            && set_now(&shard, args, &mut now, started)
+                    }
+                    Access::None => false,
+                };
+                order.push(if done {
                     Reply::Now(begin..now.len())
                 } else {
-                    if let (Access::Write, keys) = access(args) {
-                        keys.for_each(|key| later_writes.note_write(key));
+                    for key in keys {
+                        match access {
+                            Access::Read => touched_later.note_read(key),
+                            Access::Write => touched_later.note_write(key),
+                            Access::None => {}
+                        }
                     }
                     later.push(args);
                     Reply::Later

@@ -492,23 +492,37 @@ impl Shard {
     /// in memory. `None` sends the request the usual way, which also
     /// answers every error. Nothing is counted (see `get_now`).
     pub(crate) fn read_now(&self, key: &[u8]) -> Option<Outcome> {
+        let partition = self.sole_replica_of(key)?;
+        Some(match self.stored_version_now(partition, key)? {
+            Ok(clock) => Outcome::Object(clock),
+            Err(outcome) => outcome,
+        })
+    }
+
+    /// The partition of `key` if this shard is its only replica, and no
+    /// other replica is receiving it: a request for it involves no one
+    /// else. `None` also for a key over the limit or while forming.
+    pub(crate) fn sole_replica_of(&self, key: &[u8]) -> Option<u32> {
         if key.len() > self.config.key_max_bytes {
             return None;
         }
         let view = self.view.borrow();
         let partition = self.q.partition_of(key);
         match view.primaries(partition) {
-            [only] if only.node == self.me && usize::from(only.shard) == self.id && !view.is_forming() => {}
-            _ => return None,
+            [only] if only.node == self.me && usize::from(only.shard) == self.id && !view.is_forming() => {
+                view.incoming(partition).is_empty().then_some(partition)
+            }
+            _ => None,
         }
-        Some(match self.engine.get_now(partition, key) {
-            Ok(GetNow::OnDisk(_)) => return None,
-            Ok(GetNow::Answered(record)) => match stored_version(Ok(record)) {
-                Ok(clock) => Outcome::Object(clock),
-                Err(outcome) => outcome,
-            },
-            Err(err) => engine_failure(err),
-        })
+    }
+
+    /// `read_local` if memory can answer it; `None` if it needs the disk.
+    pub(crate) fn stored_version_now(&self, partition: u32, key: &[u8]) -> Option<Result<Clock, Outcome>> {
+        match self.engine.get_now(partition, key) {
+            Ok(GetNow::OnDisk(_)) => None,
+            Ok(GetNow::Answered(record)) => Some(stored_version(Ok(record))),
+            Err(err) => Some(Err(engine_failure(err))),
+        }
     }
 
     /// `read_now` for a client connection of this shard, counted like
