@@ -64,7 +64,8 @@ impl ReadCache {
         }
     }
 
-    /// The value cached in `slot` for the record at `location`, if any.
+    /// The value cached in `slot` for the record at `location`, if any
+    /// (counted as a hit).
     pub(crate) fn get(&mut self, slot: u32, location: (u32, u32)) -> Option<Bytes> {
         match self.live_slot(slot, location) {
             Some(index) => {
@@ -73,10 +74,9 @@ impl ReadCache {
                 slot.referenced = true;
                 slot.value.clone()
             }
-            None => {
-                self.misses += 1;
-                None
-            }
+            // A miss is counted by whoever finds the value elsewhere
+            // (`note_miss`): a lookup that gives up is not a read.
+            None => None,
         }
     }
 
@@ -207,6 +207,11 @@ impl ReadCache {
 
     pub(crate) fn hits(&self) -> u64 {
         self.hits
+    }
+
+    /// Counts a read the cache could not serve.
+    pub(crate) fn note_miss(&mut self) {
+        self.misses += 1;
     }
 
     pub(crate) fn misses(&self) -> u64 {

@@ -230,10 +230,9 @@ impl Inner {
             if let Some(done) = self.try_append_with(&mut make_header, key, value, &mut on_append) {
                 return done;
             }
-            // No await since the attempt: no notify can have been missed.
-            let wait = self.space.wait();
-            self.work.notify();
-            wait.await;
+            // No await since the attempt (which told the flusher): no
+            // notify can have been missed.
+            self.space.wait().await;
         }
     }
 
@@ -271,10 +270,14 @@ impl Inner {
             }
             Err(AppendError::BufferFull) => {
                 st.space_wanted = true;
+                drop(st);
+                self.work.notify();
                 None
             }
             Err(AppendError::SegmentFull) => {
                 st.roll_requested = true;
+                drop(st);
+                self.work.notify();
                 None
             }
         }
@@ -454,26 +457,33 @@ impl Engine {
     }
 
     /// [`Engine::get`] without waiting, as far as memory answers. A server
-    /// answers most reads this way without making a future for them.
+    /// answers most reads this way without making a future for them. An
+    /// `OnDisk` answer counts nothing in the statistics: the read is
+    /// counted once, by [`Engine::read_from_disk`] or by a later `get`.
     pub fn get_now(&self, partition: u32, key: &[u8]) -> Result<GetNow> {
         let mut st = self.inner.state.borrow_mut();
         if st.closing {
             return Err(EngineError::Closed);
         }
-        st.counters.gets += 1;
+        // A get is counted where it is answered: a caller may give up on
+        // `OnDisk` and ask again the waiting way.
         let Some(&entry) = st.keydir.get(partition, key) else {
+            st.counters.gets += 1;
             return Ok(GetNow::Answered(None));
         };
         // The cache first: a put caches its value (while there is room), so
         // a value still in the write buffer is usually cached too, and the
         // cache hands it out without a copy.
         if let Some(value) = st.cache.get(entry.cache_slot, (entry.segment, entry.offset)) {
+            st.counters.gets += 1;
             return Ok(GetNow::Answered(Some(to_record(&entry, value))));
         }
         let record_bytes = entry.record_bytes();
         if entry.segment == st.writer.segment_id {
             if let Some(bytes) = st.writer.read_unwritten(u64::from(entry.offset), record_bytes) {
                 let value = Bytes::copy_from_slice(&bytes[record_bytes - entry.value_len as usize..]);
+                st.counters.gets += 1;
+                st.cache.note_miss();
                 return Ok(GetNow::Answered(Some(to_record(&entry, value))));
             }
         }
@@ -514,7 +524,9 @@ impl Engine {
         }
         let value = Bytes::copy_from_slice(view.value);
         let mut st = self.inner.state.borrow_mut();
+        st.counters.gets += 1;
         st.counters.disk_reads += 1;
+        st.cache.note_miss();
         // Compaction or a put may have moved the key on during the read, and
         // a concurrent read of the key may have cached it already.
         let State { keydir, cache, .. } = &mut *st;

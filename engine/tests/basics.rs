@@ -3,7 +3,7 @@
 mod common;
 
 use common::{run, small_config};
-use dynkv_engine::{Engine, EngineConfig, EngineError, SyncMode};
+use dynkv_engine::{Engine, EngineConfig, EngineError, GetNow, SyncMode};
 
 #[test]
 fn put_get_delete_round_trip_and_survive_reopen() {
@@ -237,6 +237,45 @@ fn written_values_are_read_from_the_cache_and_a_delete_uncaches_its_key() {
         for key in keys(0) {
             assert!(engine.get(1, &key).await.unwrap().unwrap().tombstone);
         }
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn get_now_answers_from_memory_and_a_read_it_gives_up_is_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let config = EngineConfig {
+            cache_capacity_bytes: 0,
+            ..small_config(dir.path())
+        };
+        let engine = Engine::open(config).await.unwrap();
+        engine.put(1, b"k", b"value").await.unwrap();
+        // Still in the write buffer (or just written): memory may answer.
+        assert!(matches!(engine.get_now(1, b"absent").unwrap(), GetNow::Answered(None)));
+        engine.sync().await.unwrap();
+        // Enough after it that its block is no longer the buffer's tail.
+        for i in 0..32u32 {
+            engine.put(1, &i.to_le_bytes(), &[7u8; 4000]).await.unwrap();
+        }
+        engine.sync().await.unwrap();
+        let before = engine.stats();
+        let GetNow::OnDisk(read) = engine.get_now(1, b"k").unwrap() else {
+            panic!("no cache, written out: only the disk has it")
+        };
+        let gave_up = engine.stats();
+        assert_eq!(
+            (gave_up.gets, gave_up.cache_misses, gave_up.disk_reads),
+            (before.gets, before.cache_misses, before.disk_reads),
+            "a lookup given up counts nothing"
+        );
+        let got = engine.read_from_disk(1, b"k", read).await.unwrap().unwrap();
+        assert_eq!(&got.value[..], b"value");
+        let after = engine.stats();
+        assert_eq!(
+            (after.gets, after.cache_misses, after.disk_reads),
+            (before.gets + 1, before.cache_misses + 1, before.disk_reads + 1)
+        );
         engine.close().await.unwrap();
     });
 }

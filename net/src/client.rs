@@ -112,6 +112,9 @@ pub struct Response {
 /// `FrameLimits::DEFAULT`, checked before the buffer grows).
 const READ_BUFFER_BYTES: usize = 64 << 10;
 
+/// The longest a request waits, whatever timeout it was given (a year).
+const TIMEOUT_CEILING: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// One pipelined connection: requests are written as they come and matched
 /// to responses by request id. The shard-aware [`Client`] keeps one per
 /// shard; the server keeps one per peer shard for internode traffic.
@@ -326,7 +329,10 @@ impl Connection {
             .map_err(|_| ClientError::Disconnected(self.addr))?;
         // A permit guarantees a slot (one of each per request), so `None`
         // here means the connection is closed.
-        let started = self.inflight.borrow_mut().start(Instant::now() + timeout);
+        // A timeout past the clock's range waits as long as it can.
+        let now = Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now + TIMEOUT_CEILING);
+        let started = self.inflight.borrow_mut().start(deadline);
         let Some((id, tell_reaper)) = started else {
             return Err(ClientError::Disconnected(self.addr));
         };

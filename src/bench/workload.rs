@@ -104,8 +104,9 @@ impl Skew {
 /// YCSB's zipfian generator, after Gray et al., "Quickly generating
 /// billion-record synthetic databases" (SIGMOD 1994): one `powf` a draw
 /// (the exact rejection sampler needs about three, and was a tenth of a
-/// load thread's CPU), drawing exactly the ranks YCSB draws for the same
-/// uniform numbers.
+/// load thread's CPU), with YCSB's formulas (its `ZipfianGenerator`; the
+/// scrambled variant YCSB uses by default draws over a fixed 10^10 items,
+/// where this one draws over the run's keys and then scrambles them).
 struct YcsbZipfian {
     items: f64,
     zetan: f64,

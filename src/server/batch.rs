@@ -15,6 +15,15 @@ use std::task::Poll;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
+/// How a request touches the keys it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// No keys (a ping, stats, an unknown command).
+    None,
+    Read,
+    Write,
+}
+
 /// The keys requests of a pipelined batch read and write, so that requests
 /// run concurrently still behave as if run in order: a read must not
 /// overtake an earlier write of its key, nor a write an earlier read or
@@ -26,28 +35,61 @@ pub(crate) struct KeyConflicts<'a> {
 }
 
 impl<'a> KeyConflicts<'a> {
-    pub(crate) fn note_read(&mut self, key: &'a [u8]) {
-        self.reads.insert(key);
+    /// Whether a request touching `keys` as `access` must wait for one
+    /// noted before it.
+    pub(crate) fn conflicts(&self, access: Access, mut keys: impl Iterator<Item = &'a [u8]>) -> bool {
+        let written = |key: &[u8]| !self.writes.is_empty() && self.writes.contains(key);
+        let read = |key: &[u8]| !self.reads.is_empty() && self.reads.contains(key);
+        match access {
+            Access::None => false,
+            Access::Read => keys.any(written),
+            Access::Write => keys.any(|key| written(key) || read(key)),
+        }
     }
 
-    pub(crate) fn note_write(&mut self, key: &'a [u8]) {
-        self.writes.insert(key);
+    /// Notes a request touching `keys` as `access`.
+    pub(crate) fn note(&mut self, access: Access, keys: impl Iterator<Item = &'a [u8]>) {
+        let set = match access {
+            Access::None => return,
+            Access::Read => &mut self.reads,
+            Access::Write => &mut self.writes,
+        };
+        set.extend(keys);
     }
+}
 
-    /// Whether a read of `key` must wait for a write noted before it.
-    pub(crate) fn read_conflicts(&self, key: &[u8]) -> bool {
-        !self.writes.is_empty() && self.writes.contains(key)
+/// Runs `requests` concurrently, in waves: a request that conflicts with
+/// an earlier one of its wave (see `KeyConflicts`) starts the next wave,
+/// which begins once every request before it finished. Outputs come in
+/// request order. Requests on different keys (nearly all of them) share a
+/// wave; the rest behave as if run one after another.
+pub(crate) async fn join_in_waves<'a, R: ?Sized, K, T, Fut>(
+    requests: &[&'a R],
+    touches: impl Fn(&'a R) -> (Access, K),
+    run: impl Fn(&'a R) -> Fut,
+) -> Vec<T>
+where
+    K: Iterator<Item = &'a [u8]> + Clone,
+    Fut: Future<Output = T> + 'a,
+    T: 'a,
+{
+    let mut outputs = Vec::with_capacity(requests.len());
+    let mut start = 0;
+    while start < requests.len() {
+        let mut wave = KeyConflicts::default();
+        let mut end = start;
+        while end < requests.len() {
+            let (access, keys) = touches(requests[end]);
+            if end > start && wave.conflicts(access, keys.clone()) {
+                break;
+            }
+            wave.note(access, keys);
+            end += 1;
+        }
+        outputs.extend(join_in_order(requests[start..end].iter().map(|r| run(r))).await);
+        start = end;
     }
-
-    /// Whether a write of `key` must wait for a read or write noted before it.
-    pub(crate) fn write_conflicts(&self, key: &[u8]) -> bool {
-        self.read_conflicts(key) || (!self.reads.is_empty() && self.reads.contains(key))
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.reads.clear();
-        self.writes.clear();
-    }
+    outputs
 }
 
 /// Runs every future of `futures` concurrently; their outputs, in order.
@@ -92,19 +134,56 @@ mod tests {
 
     #[test]
     fn reads_wait_only_for_writes_and_writes_for_both() {
+        let key = |k: &'static [u8]| std::iter::once(k);
         let mut noted = KeyConflicts::default();
+        assert!(!noted.conflicts(Access::Write, key(b"a")), "nothing noted");
+        noted.note(Access::Read, key(b"r"));
+        noted.note(Access::Write, key(b"w"));
+        noted.note(Access::None, key(b"n"));
+        assert!(!noted.conflicts(Access::Read, key(b"r")), "reads do not order reads");
+        assert!(noted.conflicts(Access::Write, key(b"r")));
+        assert!(noted.conflicts(Access::Read, key(b"w")) && noted.conflicts(Access::Write, key(b"w")));
+        assert!(!noted.conflicts(Access::Write, key(b"n")), "no access, no key");
+        assert!(!noted.conflicts(Access::None, key(b"w")));
         assert!(
-            !noted.read_conflicts(b"a") && !noted.write_conflicts(b"a"),
-            "nothing noted"
+            noted.conflicts(Access::Read, [&b"x"[..], b"w"].into_iter()),
+            "any key of several"
         );
-        noted.note_read(b"r");
-        noted.note_write(b"w");
-        assert!(!noted.read_conflicts(b"r"), "reads do not order reads");
-        assert!(noted.write_conflicts(b"r"));
-        assert!(noted.read_conflicts(b"w") && noted.write_conflicts(b"w"));
-        assert!(!noted.read_conflicts(b"x") && !noted.write_conflicts(b"x"));
-        noted.clear();
-        assert!(!noted.write_conflicts(b"w"));
+    }
+
+    #[test]
+    fn a_conflicting_request_waits_for_the_ones_before_it() {
+        glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
+            // (access, key, delay): the write of k is slow; the read of k
+            // after it must still see it, while the read of j need not wait.
+            let requests: Vec<&(Access, &[u8], u64)> = vec![
+                &(Access::Write, b"k", 30),
+                &(Access::Read, b"j", 0),
+                &(Access::Read, b"k", 0),
+            ];
+            let log = std::cell::RefCell::new(Vec::new());
+            let outputs = join_in_waves(
+                &requests,
+                |r| (r.0, std::iter::once(r.1)),
+                |r| {
+                    let log = &log;
+                    async move {
+                        if r.2 > 0 {
+                            glommio::timer::sleep(std::time::Duration::from_millis(r.2)).await;
+                        }
+                        log.borrow_mut().push(r.1);
+                        r.1
+                    }
+                },
+            )
+            .await;
+            assert_eq!(outputs, vec![&b"k"[..], b"j", b"k"]);
+            assert_eq!(
+                *log.borrow(),
+                vec![&b"j"[..], b"k", b"k"],
+                "j ran beside the write, k after it"
+            );
+        });
     }
 
     #[test]

@@ -150,34 +150,35 @@ impl Shard {
             return None;
         }
         let partition = self.sole_replica_of(key)?;
-        let _guard = self.key_locks.try_lock(key)?;
-        let outcome = (|| {
-            let local = match self.stored_version_now(partition, key)? {
-                Ok(clock) => clock,
-                Err(outcome) => return Some(outcome),
-            };
-            let (context, value) = sections;
-            let (write_context, sibling) = match self.write_request(op, context, value, options) {
-                Ok(request) => request,
-                Err(outcome) => return Some(outcome),
-            };
-            let object = match self.new_version(&local, &write_context, self.actor, sibling) {
-                Ok(object) => object,
-                Err(outcome) => return Some(outcome),
-            };
-            let bytes = object_bytes(&object);
-            Some(
-                match self
-                    .engine
-                    .put_staged_marked_now(partition, key, &bytes, object.is_deleted())?
-                {
-                    Ok(_) => Outcome::Done,
-                    Err(err) => engine_failure(err),
-                },
-            )
-        })()?;
+        let (context, value) = sections;
+        // In the order `coordinate` checks: the request itself first.
+        let outcome = match self.write_request(op, context, value, options) {
+            Ok((write_context, sibling)) => self.put_now(partition, key, write_context, sibling)?,
+            Err(outcome) => outcome,
+        };
         self.counters.record(op, &outcome, started.elapsed());
         Some(outcome)
+    }
+
+    /// `coordinate_put` on this shard alone, if nothing makes it wait.
+    fn put_now(&self, partition: u32, key: &[u8], context: WriteContext, sibling: Sibling) -> Option<Outcome> {
+        let _guard = self.key_locks.try_lock(key)?;
+        let local = match self.stored_version_now(partition, key)? {
+            Ok(clock) => clock,
+            Err(outcome) => return Some(outcome),
+        };
+        let object = match self.new_version(&local, &context, self.actor, sibling) {
+            Ok(object) => object,
+            Err(outcome) => return Some(outcome),
+        };
+        let bytes = object_bytes(&object);
+        let staged = self
+            .engine
+            .put_staged_marked_now(partition, key, &bytes, object.is_deleted())?;
+        Some(match staged {
+            Ok(_) => Outcome::Done,
+            Err(err) => engine_failure(err),
+        })
     }
 
     async fn coordinate_put(

@@ -22,7 +22,7 @@ use glommio::net::TcpStream;
 use dynkv_ring::NodeId;
 
 use crate::server::auth;
-use crate::server::batch::{join_in_order, KeyConflicts};
+use crate::server::batch::{join_in_waves, Access, KeyConflicts};
 use crate::server::recv::{RecvBuf, READ_CHUNK_BYTES};
 use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
 use dynkv::object::object_bytes;
@@ -109,22 +109,15 @@ fn shard_map(shard: &Shard) -> Vec<u8> {
     out
 }
 
-/// How a client's frame touches its key.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
-    /// Not a get, put or delete (or a response sent to the server).
-    None,
-    Read,
-    Write,
-}
-
-fn access(frame: &Frame<'_>) -> Access {
-    match frame.opcode() {
+/// How a frame touches its key, and the key.
+fn access<'f>(frame: &Frame<'f>) -> (Access, std::iter::Once<&'f [u8]>) {
+    let access = match frame.opcode() {
         _ if frame.is_response() => Access::None,
         Some(Opcode::Get) => Access::Read,
         Some(Opcode::Put | Opcode::Delete) => Access::Write,
         _ => Access::None,
-    }
+    };
+    (access, std::iter::once(frame.key))
 }
 
 /// Does a client's put or delete frame at once, answering into `out`, if
@@ -397,26 +390,24 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
                 let mut out = out.borrow_mut();
                 let mut later = KeyConflicts::default();
                 frames.retain(|frame| {
-                    let done = match access(frame) {
-                        Access::Read => {
-                            !later.read_conflicts(frame.key) && answer_now(&shard, frame, &mut out, started)
-                        }
-                        Access::Write => {
-                            !later.write_conflicts(frame.key) && write_now(&shard, frame, &mut out, started)
-                        }
-                        Access::None => false,
-                    };
+                    let (access, key) = access(frame);
+                    let done = !later.conflicts(access, key.clone())
+                        && match access {
+                            Access::Read => answer_now(&shard, frame, &mut out, started),
+                            Access::Write => write_now(&shard, frame, &mut out, started),
+                            Access::None => false,
+                        };
                     if !done {
-                        match access(frame) {
-                            Access::Read => later.note_read(frame.key),
-                            Access::Write => later.note_write(frame.key),
-                            Access::None => {}
-                        }
+                        later.note(access, key);
                     }
                     !done
                 });
             }
-            join_in_order(frames.iter().map(|f| handle(&shard, f, &out, port, admin))).await;
+            // Frames that touch a key an earlier one of the batch touches
+            // behave as if run in order (see `join_in_waves`).
+            let deferred: Vec<&Frame<'_>> = frames.iter().collect();
+            join_in_waves(&deferred, access, |frame| handle(&shard, frame, &out, port, admin)).await;
+            drop(deferred);
             drop(frames);
             let mut pending = std::mem::take(&mut *out.borrow_mut());
             if !pending.is_empty() && stream.write_all(&pending).await.is_err() {
@@ -429,6 +420,9 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
                 return;
             }
             buf.consume(consumed);
+            // A client that keeps its pipeline full may find every batch
+            // answered without a wait: let the shard's other tasks run.
+            glommio::yield_if_needed().await;
             continue;
         }
         if !buf.read_unless_stopping(&mut stream, &shard.stopping).await {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-use crate::server::batch::{join_in_order, KeyConflicts};
+use crate::server::batch::{join_in_order, join_in_waves, Access, KeyConflicts};
 use crate::server::recv::RecvBuf;
 use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
 
@@ -178,15 +178,6 @@ fn reply_get(out: &mut Vec<u8>, read: Read) {
     }
 }
 
-/// How a command touches the keys among its arguments.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
-    /// No keys (PING, INFO, unknown commands).
-    None,
-    Read,
-    Write,
-}
-
 /// How `args` touches keys, and which of its arguments are keys.
 fn access<'c>(args: &'c [&'c [u8]]) -> (Access, impl Iterator<Item = &'c [u8]> + Clone + 'c) {
     let name = args.first().copied().unwrap_or_default();
@@ -238,46 +229,19 @@ fn get_now(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>, started: Instant) -
 }
 
 /// Runs pipelined commands, concurrently where that cannot change what
-/// they do: a command that touches a key an earlier command of the batch
-/// writes (or writes a key an earlier one reads) starts only after the
-/// commands before it finished, as Redis runs a connection's commands in
-/// order. Replies (and whether to stay open) come in command order.
+/// they do (see `join_in_waves`), as Redis runs a connection's commands
+/// in order. Replies (and whether to stay open) come in command order.
 async fn run_in_order(shard: &Rc<Shard>, commands: &[&Vec<&[u8]>]) -> Vec<(Vec<u8>, bool)> {
-    let mut replies = Vec::with_capacity(commands.len());
-    let mut touched = KeyConflicts::default();
-    let mut start = 0;
-    while start < commands.len() {
-        let mut end = start;
-        touched.clear();
-        while end < commands.len() {
-            let (access, keys) = access(commands[end]);
-            let conflict = match access {
-                Access::None => false,
-                Access::Read => keys.clone().any(|k| touched.read_conflicts(k)),
-                Access::Write => keys.clone().any(|k| touched.write_conflicts(k)),
-            };
-            if conflict && end > start {
-                break;
-            }
-            for key in keys {
-                match access {
-                    Access::Read => touched.note_read(key),
-                    Access::Write => touched.note_write(key),
-                    Access::None => {}
-                }
-            }
-            end += 1;
-        }
-        let wave = join_in_order(commands[start..end].iter().map(|args| async {
+    join_in_waves(
+        commands,
+        |args| access(args),
+        |args| async move {
             let mut out = Vec::new();
             let keep_open = execute(shard, args, &mut out).await;
             (out, keep_open)
-        }))
-        .await;
-        replies.extend(wave);
-        start = end;
-    }
-    replies
+        },
+    )
+    .await
 }
 
 async fn read(shard: &Rc<Shard>, key: &[u8]) -> Read {
@@ -456,27 +420,12 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             for args in &commands {
                 let begin = now.len();
                 let (access, keys) = access(args);
-                let done = match access {
-                    Access::Read => {
-                        !keys.clone().any(|k| touched_later.read_conflicts(k))
-                            && get_now(&shard, args, &mut now, started)
-                    }
-                    Access::Write => {
-                        !keys.clone().any(|k| touched_later.write_conflicts(k))
-                            && set_now(&shard, args, &mut now, started)
-                    }
-                    Access::None => false,
-                };
+                let done = !touched_later.conflicts(access, keys.clone())
+                    && (get_now(&shard, args, &mut now, started) || set_now(&shard, args, &mut now, started));
                 order.push(if done {
                     Reply::Now(begin..now.len())
                 } else {
-                    for key in keys {
-                        match access {
-                            Access::Read => touched_later.note_read(key),
-                            Access::Write => touched_later.note_write(key),
-                            Access::None => {}
-                        }
-                    }
+                    touched_later.note(access, keys);
                     later.push(args);
                     Reply::Later
                 });
@@ -513,6 +462,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 return;
             }
             buf.consume(consumed);
+            // A client that keeps its pipeline full may find every batch
+            // answered without a wait: let the shard's other tasks run.
+            glommio::yield_if_needed().await;
             continue;
         }
         // A command larger than any value allowed cannot be completed.
