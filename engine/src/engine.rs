@@ -268,14 +268,11 @@ impl Inner {
                 self.work.notify();
                 Some(Ok((at, out)))
             }
-            Err(AppendError::BufferFull) => {
-                st.space_wanted = true;
-                drop(st);
-                self.work.notify();
-                None
-            }
-            Err(AppendError::SegmentFull) => {
-                st.roll_requested = true;
+            Err(full) => {
+                match full {
+                    AppendError::BufferFull => st.space_wanted = true,
+                    AppendError::SegmentFull => st.roll_requested = true,
+                }
                 drop(st);
                 self.work.notify();
                 None

@@ -327,11 +327,11 @@ impl Connection {
             .acquire_permit(1)
             .await
             .map_err(|_| ClientError::Disconnected(self.addr))?;
-        // A permit guarantees a slot (one of each per request), so `None`
-        // here means the connection is closed.
         // A timeout past the clock's range waits as long as it can.
         let now = Instant::now();
         let deadline = now.checked_add(timeout).unwrap_or(now + TIMEOUT_CEILING);
+        // A permit guarantees a slot (one of each per request), so `None`
+        // here means the connection is closed.
         let started = self.inflight.borrow_mut().start(deadline);
         let Some((id, tell_reaper)) = started else {
             return Err(ClientError::Disconnected(self.addr));

@@ -217,6 +217,14 @@ impl Worker {
         self.recorder.borrow_mut().record(kind, now - due, result, now);
         now
     }
+
+    /// Counts `count` requests that failed with `error` by `at`.
+    fn fail(&self, error: &str, count: u64, at: Instant) {
+        if count > 0 {
+            self.shared.count(self.plan.thread, false, count);
+            self.recorder.borrow_mut().record_errors(error, count, at);
+        }
+    }
 }
 
 /// Runs one thread's share of the load until the run stops.
@@ -282,16 +290,6 @@ struct Due {
     ready: glommio::sync::Semaphore,
 }
 
-impl Worker {
-    /// Counts `count` requests that failed with `error` by `at`.
-    fn fail(&self, error: &str, count: u64, at: Instant) {
-        if count > 0 {
-            self.shared.count(self.plan.thread, false, count);
-            self.recorder.borrow_mut().record_errors(error, count, at);
-        }
-    }
-}
-
 /// Makes requests due at `rate` per second whatever the server does, and
 /// sends each with the first of `concurrency` workers free; latency counts
 /// from the due time. Requests due and not yet sent wait in a queue of at
@@ -319,14 +317,14 @@ async fn open_loop(worker: &Rc<Worker>, rate: f64) {
         })
         .collect();
     let mut next_due = Instant::now();
-    'schedule: loop {
+    loop {
         let now = Instant::now();
         let (mut queued, mut overflow) = (0u64, 0u64);
+        let mut over = false;
         while next_due <= now {
             if !worker.shared.claim() {
-                due.ready.signal(queued);
-                worker.fail("backlog_full", overflow, now);
-                break 'schedule;
+                over = true;
+                break;
             }
             let mut times = due.times.borrow_mut();
             if times.len() >= OPEN_LOOP_BACKLOG_MAX {
@@ -339,6 +337,9 @@ async fn open_loop(worker: &Rc<Worker>, rate: f64) {
         }
         due.ready.signal(queued);
         worker.fail("backlog_full", overflow, now);
+        if over {
+            break;
+        }
         // Sleep until the next request is due, at least 1 ms at a time.
         let wait = next_due
             .saturating_duration_since(Instant::now())

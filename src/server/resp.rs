@@ -149,6 +149,15 @@ enum Read {
     Failed(Outcome),
 }
 
+impl From<Outcome> for Read {
+    fn from(outcome: Outcome) -> Read {
+        match outcome {
+            Outcome::Object(clock) => Read::Object(clock),
+            other => Read::Failed(other),
+        }
+    }
+}
+
 impl Read {
     fn value(&self) -> Option<&[u8]> {
         match self {
@@ -221,11 +230,12 @@ fn get_now(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>, started: Instant) -
         return false;
     }
     match shard.get_now(args[1], started) {
-        Some(Outcome::Object(clock)) => reply_get(out, Read::Object(clock)),
-        Some(other) => reply_get(out, Read::Failed(other)),
-        None => return false,
+        Some(outcome) => {
+            reply_get(out, Read::from(outcome));
+            true
+        }
+        None => false,
     }
-    true
 }
 
 /// Runs pipelined commands, concurrently where that cannot change what
@@ -245,10 +255,7 @@ async fn run_in_order(shard: &Rc<Shard>, commands: &[&Vec<&[u8]>]) -> Vec<(Vec<u
 }
 
 async fn read(shard: &Rc<Shard>, key: &[u8]) -> Read {
-    match shard.execute(Op::Get, key, &[], &[], RequestOptions::default()).await {
-        Outcome::Object(clock) => Read::Object(clock),
-        other => Read::Failed(other),
-    }
+    Read::from(shard.execute(Op::Get, key, &[], &[], RequestOptions::default()).await)
 }
 
 /// The command name in upper case, without allocating for the names RESP
@@ -407,9 +414,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                     }
                 }
             }
-            // GETs that memory answers are answered now, without a future
-            // each; the rest run concurrently. Replies go out in command
-            // order either way.
+            // GETs and SETs the shard can finish without waiting are done
+            // now, without a future each; the rest run in waves. Replies go
+            // out in command order either way.
             let started = Instant::now();
             let mut now = Vec::new();
             let mut order = Vec::with_capacity(commands.len());

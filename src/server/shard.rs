@@ -490,7 +490,8 @@ impl Shard {
     /// future, when it can be: this shard is the key's only replica (so
     /// `coordinate_get` would only read it here) and its stored version is
     /// in memory. `None` sends the request the usual way, which also
-    /// answers every error. Nothing is counted (see `get_now`).
+    /// answers every error. The shard's request counters are left to the
+    /// caller (see `get_now`).
     pub(crate) fn read_now(&self, key: &[u8]) -> Option<Outcome> {
         let partition = self.sole_replica_of(key)?;
         Some(match self.stored_version_now(partition, key)? {
