@@ -6,8 +6,9 @@
 #
 #   1. dynkv (1 node, 2 shards) vs redis-server, appendfsync always and
 #      everysec, driven by redis-benchmark on RESP (benches/resp-vs-redis.sh);
-#   2. dynkv's native protocol driven by `dynkv bench`, against redis at its
-#      best pipelining: the issue-7 target (sync=interval, 100 B values);
+#   2. dynkv's native protocol driven by `dynkv bench` (one request per
+#      worker at a time, and pipelined), against redis at its best
+#      pipelining: the issue-7 target (sync=interval, 100 B values);
 #   3. a 3-node cluster (N=3, R=2, W=2), YCSB A, B and C, zipfian;
 #   4. an open-loop latency curve (p99 against offered rate) to find the knee;
 #   5. criterion suites, each saved as baseline `e2e` so that the next run
@@ -79,6 +80,14 @@ stop_servers() {
   deep=(--addr 127.0.0.1:28600 --keys 100000 --duration-s "$seconds" --threads 2 --concurrency 512)
   bench_row "update only, 2 x 512 in flight" "${deep[@]}" --workload custom --update 1
   bench_row "read only, 2 x 512 in flight" "${deep[@]}" --workload C
+  # Pipelined as redis-benchmark -P drives Redis: 2 workers per thread, each
+  # sending 256 at a time (1,024 in flight); then with uniform keys, as
+  # redis-benchmark -r chooses them.
+  piped=(--addr 127.0.0.1:28600 --keys 100000 --duration-s "$seconds" --threads 2 --concurrency 2 --pipeline 256)
+  bench_row "update only, pipelined 2 x 2 x 256" "${piped[@]}" --workload custom --update 1
+  bench_row "read only, pipelined 2 x 2 x 256" "${piped[@]}" --workload C
+  bench_row "update only, pipelined, uniform keys" "${piped[@]}" --workload custom --update 1 --distribution uniform
+  bench_row "read only, pipelined, uniform keys" "${piped[@]}" --workload C --distribution uniform
   stop_servers
   echo
   echo "redis-server (appendfsync everysec) at its best pipelining, same values and clients:"

@@ -191,6 +191,52 @@ fn every_addr_node_coordinates_a_share_of_the_requests_even_from_one_thread() {
 }
 
 #[test]
+fn pipelined_batches_account_for_every_operation_of_every_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--sync", "never"]);
+    let addr = node.addr().to_string();
+    // Read-modify-writes take a second round (the write, with the read's
+    // context); reads, inserts and deletes share the first.
+    for (mix, expect) in [
+        (&["--workload", "F"][..], "read-modify-write"),
+        (
+            &["--workload", "custom", "--read", "2", "--insert", "1", "--delete", "1", "--update", "1"][..],
+            "insert",
+        ),
+    ] {
+        let mut args = vec![
+            "--addr",
+            &addr,
+            "--keys",
+            "500",
+            "--load",
+            "--ops",
+            "3000",
+            "--threads",
+            "2",
+            "--concurrency",
+            "2",
+            "--pipeline",
+            "16",
+        ];
+        args.extend(mix);
+        let out = bench_into(dir.path(), &args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mix:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(expect), "{mix:?}: {stdout}");
+        let report = read_report(dir.path());
+        assert_eq!(report["operations"].as_u64(), Some(3000), "{mix:?}: {report}");
+        assert_eq!(report["errors"].as_object().map(|e| e.len()), Some(0), "{mix:?}: {report}");
+        assert_eq!(report["settings"]["pipeline"].as_u64(), Some(16));
+    }
+    assert!(node.terminate().success());
+}
+
+#[test]
 fn an_unreachable_node_and_bad_arguments_fail_fast_and_clearly() {
     let started = Instant::now();
     // Port 1 on loopback: nothing listens there.
@@ -220,6 +266,8 @@ fn an_unreachable_node_and_bad_arguments_fail_fast_and_clearly() {
         (&["--value-size", "9..1"][..], "value size"),
         (&["--workload", "custom"][..], "mix is empty"),
         (&["--distribution", "pareto"][..], "unknown distribution"),
+        (&["--pipeline", "0"][..], "--pipeline 0"),
+        (&["--pipeline", "4", "--rate", "100"][..], "closed loop"),
         (&["--no-such-flag"][..], "unexpected argument"),
     ] {
         let out = bench(args);

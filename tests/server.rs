@@ -7,7 +7,10 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use dynkv_net::{decode, encode, Client, Decoded, FrameLimits, Head, Opcode, Status};
+use dynkv_net::{
+    decode, encode, CallOptions, Client, ClientError, ClientOptions, Decoded, FrameLimits, Head, Opcode, Pipeline,
+    Status,
+};
 
 mod support;
 
@@ -75,6 +78,85 @@ fn put_get_delete_through_the_client_and_data_survives_restart() {
 }
 
 /// Reads exactly `count` response frames from a raw socket.
+#[test]
+fn a_pipeline_answers_each_request_in_order_across_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let addr = node.addr();
+    run(async move {
+        // 16 in flight per connection: 200 puts over 2 shards take rounds.
+        let options = ClientOptions {
+            inflight_max: 16,
+            ..client_options()
+        };
+        let client = Client::connect(addr, options).await.unwrap();
+        let call = CallOptions::default();
+        let overwrite = CallOptions {
+            overwrite: true,
+            ..call
+        };
+        let mut pipeline = Pipeline::new();
+        for i in 0..200u32 {
+            pipeline.put(
+                format!("key-{i}").as_bytes(),
+                format!("value-{i}").as_bytes(),
+                None,
+                &call,
+            );
+        }
+        pipeline.put(&[b'k'; 2000], b"v", None, &call);
+        pipeline.delete(b"key-0", &[], &overwrite);
+        pipeline.get(b"key-0", &call);
+        pipeline.get(b"key-1", &call);
+        let results = client.pipeline(&mut pipeline).await;
+        assert!(pipeline.is_empty(), "sending empties the pipeline");
+        assert_eq!(results.len(), 204);
+        for (i, result) in results[..200].iter().enumerate() {
+            assert!(result.is_ok(), "put {i}: {result:?}");
+        }
+        assert!(
+            matches!(
+                results[200],
+                Err(ClientError::Server {
+                    status: Status::KeyTooLarge,
+                    ..
+                })
+            ),
+            "the oversized key fails alone: {:?}",
+            results[200]
+        );
+        assert!(results[201].is_ok());
+        let [_, _, deleted, kept] = &results[200..] else {
+            unreachable!()
+        };
+        assert!(
+            deleted.as_ref().unwrap().values().unwrap().is_empty(),
+            "the get after the delete sees it"
+        );
+        assert_eq!(kept.as_ref().unwrap().values().unwrap(), vec![&b"value-1"[..]]);
+
+        for i in 0..200u32 {
+            pipeline.get(format!("key-{i}").as_bytes(), &call);
+        }
+        let results = client.pipeline(&mut pipeline).await;
+        for (i, result) in results.into_iter().enumerate() {
+            let got = result.unwrap().into_get_result().unwrap();
+            let expected: Vec<Vec<u8>> = if i == 0 {
+                vec![]
+            } else {
+                vec![format!("value-{i}").into_bytes()]
+            };
+            assert_eq!(got.values, expected, "key-{i}");
+            assert!(!got.context.is_empty(), "a read carries a context");
+        }
+        assert!(
+            client.pipeline(&mut pipeline).await.is_empty(),
+            "an empty pipeline sends nothing"
+        );
+    });
+    assert!(node.terminate().success());
+}
+
 fn read_frames(stream: &mut TcpStream, count: usize) -> Vec<(u64, u8)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];

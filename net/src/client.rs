@@ -23,7 +23,7 @@ use glommio::task::JoinHandle;
 use crate::frame::{decode, encode, Decoded, FrameLimits, Head, FLAG_SUPERSEDE_LOCAL, FRAME_HEADER_BYTES};
 use crate::inflight::{Inflight, Outcome};
 use crate::opcode::{Opcode, Status};
-use crate::siblings::decode_siblings;
+use crate::siblings::{decode_siblings, for_each_sibling};
 
 /// Client settings.
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +76,7 @@ pub struct CallOptions {
     pub overwrite: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
@@ -119,13 +119,14 @@ const TIMEOUT_CEILING: Duration = Duration::from_secs(365 * 24 * 3600);
 /// to responses by request id. The shard-aware [`Client`] keeps one per
 /// shard; the server keeps one per peer shard for internode traffic.
 pub struct Connection {
-    addr: SocketAddr,
-    inflight: RefCell<Inflight<Response>>,
-    outbox: RefCell<Vec<u8>>,
-    doorbell: LocalSender<()>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) inflight: RefCell<Inflight<Response>>,
+    pub(crate) outbox: RefCell<Vec<u8>>,
+    pub(crate) doorbell: LocalSender<()>,
     /// Tells the reaper of a deadline earlier than the one it sleeps until.
-    reaper_bell: LocalSender<()>,
-    permits: Semaphore,
+    pub(crate) reaper_bell: LocalSender<()>,
+    /// One per request in flight, so `inflight` never refuses a start.
+    pub(crate) permits: Semaphore,
     tasks: RefCell<Vec<JoinHandle<()>>>,
 }
 
@@ -327,41 +328,67 @@ impl Connection {
             .acquire_permit(1)
             .await
             .map_err(|_| ClientError::Disconnected(self.addr))?;
-        // A timeout past the clock's range waits as long as it can.
-        let now = Instant::now();
-        let deadline = now.checked_add(timeout).unwrap_or(now + TIMEOUT_CEILING);
         // A permit guarantees a slot (one of each per request), so `None`
         // here means the connection is closed.
-        let started = self.inflight.borrow_mut().start(deadline);
+        let started = self
+            .inflight
+            .borrow_mut()
+            .start(deadline_after(Instant::now(), timeout));
         let Some((id, tell_reaper)) = started else {
             return Err(ClientError::Disconnected(self.addr));
         };
         let slot = SlotGuard { conn: self, id };
         if tell_reaper {
-            // A full bell means the reaper will look anyway.
-            let _ = self.reaper_bell.try_send(());
+            self.ring_reaper();
         }
         head.request_id = id;
-        head.timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        head.timeout_ms = timeout_ms(timeout);
         encode(&mut self.outbox.borrow_mut(), &head, key, context, value);
-        // A full doorbell means the writer will run anyway.
-        let _ = self.doorbell.try_send(());
+        self.ring_writer();
         let outcome = std::future::poll_fn(|cx| self.inflight.borrow_mut().poll(id, cx)).await;
         drop(slot);
+        self.result_of(outcome, timeout)
+    }
+
+    /// What a caller is told of a request's outcome.
+    pub(crate) fn result_of(&self, outcome: Outcome<Response>, timeout: Duration) -> Result<Response, ClientError> {
         match outcome {
             Outcome::Answered(response) => Ok(response),
             Outcome::TimedOut => Err(ClientError::Timeout(timeout)),
             Outcome::Disconnected => Err(ClientError::Disconnected(self.addr)),
         }
     }
+
+    /// Tells the reaper of a deadline earlier than the one it sleeps until.
+    pub(crate) fn ring_reaper(&self) {
+        // A full bell means the reaper will look anyway.
+        let _ = self.reaper_bell.try_send(());
+    }
+
+    /// Tells the writer the outbox has frames.
+    pub(crate) fn ring_writer(&self) {
+        // A full doorbell means the writer will run anyway.
+        let _ = self.doorbell.try_send(());
+    }
+}
+
+/// When a request sent at `now` with `timeout` is due; a timeout past the
+/// clock's range waits as long as it can.
+pub(crate) fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout).unwrap_or(now + TIMEOUT_CEILING)
+}
+
+/// A timeout as the frame header carries it.
+pub(crate) fn timeout_ms(timeout: Duration) -> u32 {
+    u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// A connection to one node, shard-aware.
 pub struct Client {
-    options: ClientOptions,
+    pub(crate) options: ClientOptions,
     q: PartitionCount,
     shard_of: Vec<u16>,
-    conns: Vec<Rc<Connection>>,
+    pub(crate) conns: Vec<Rc<Connection>>,
 }
 
 fn server_error(response: &Response) -> ClientError {
@@ -371,6 +398,58 @@ fn server_error(response: &Response) -> ClientError {
             message: String::from_utf8_lossy(&response.value).into_owned(),
         },
         None => ClientError::Protocol(format!("unknown status {}", response.status)),
+    }
+}
+
+/// The header of a get, put or delete sent with `call`.
+pub(crate) fn request_head(op: Opcode, call: &CallOptions) -> Head {
+    Head {
+        quorum: call.quorum.unwrap_or(0),
+        primary_quorum: call.primary_quorum.unwrap_or(0),
+        flags: if call.overwrite { FLAG_SUPERSEDE_LOCAL } else { 0 },
+        ..Head::request(op, 0)
+    }
+}
+
+/// A get, put or delete's response if it succeeded (a get of an absent key
+/// did), its error if not.
+pub(crate) fn expect_ok(response: Response) -> Result<Response, ClientError> {
+    match Status::from_u8(response.status) {
+        Some(Status::Ok) | Some(Status::NotFound) => Ok(response),
+        _ => Err(server_error(&response)),
+    }
+}
+
+impl Response {
+    /// A get's live sibling values, borrowed (none if the key is absent or
+    /// only tombstones remain).
+    pub fn values(&self) -> Result<Vec<&[u8]>, ClientError> {
+        if self.status == Status::NotFound as u8 {
+            return Ok(Vec::new());
+        }
+        let siblings = decode_siblings(&self.value).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(siblings.iter().filter(|s| !s.tombstone).map(|s| s.value).collect())
+    }
+
+    /// How many live sibling values a get's answer holds, without copying
+    /// or collecting them.
+    pub fn value_count(&self) -> Result<usize, ClientError> {
+        if self.status == Status::NotFound as u8 {
+            return Ok(0);
+        }
+        let mut live = 0;
+        for_each_sibling(&self.value, |s| live += usize::from(!s.tombstone))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(live)
+    }
+
+    /// A get's answer, copied out: values and the context for a later put.
+    pub fn into_get_result(self) -> Result<GetResult, ClientError> {
+        let values = self.values()?.into_iter().map(<[u8]>::to_vec).collect();
+        Ok(GetResult {
+            values,
+            context: self.context,
+        })
     }
 }
 
@@ -425,9 +504,9 @@ impl Client {
         })
     }
 
-    fn conn_for(&self, key: &[u8]) -> &Connection {
-        let shard = self.shard_of[self.q.partition_of(key) as usize];
-        &self.conns[usize::from(shard)]
+    /// The index in `conns` of the shard that owns `key`.
+    pub(crate) fn shard_for(&self, key: &[u8]) -> usize {
+        usize::from(self.shard_of[self.q.partition_of(key) as usize])
     }
 
     async fn expect_ok(
@@ -437,18 +516,9 @@ impl Client {
         call: &CallOptions,
     ) -> Result<Response, ClientError> {
         let (key, context, value) = sections;
-        let head = Head {
-            quorum: call.quorum.unwrap_or(0),
-            primary_quorum: call.primary_quorum.unwrap_or(0),
-            flags: if call.overwrite { FLAG_SUPERSEDE_LOCAL } else { 0 },
-            ..Head::request(op, 0)
-        };
         let timeout = call.timeout.unwrap_or(self.options.timeout);
-        let response = self.conn_for(key).call(head, key, context, value, timeout).await?;
-        match Status::from_u8(response.status) {
-            Some(Status::Ok) | Some(Status::NotFound) => Ok(response),
-            _ => Err(server_error(&response)),
-        }
+        let conn = &self.conns[self.shard_for(key)];
+        expect_ok(conn.call(request_head(op, call), key, context, value, timeout).await?)
     }
 
     /// Reads `key`: its sibling values (empty if absent) and a context.
@@ -458,22 +528,9 @@ impl Client {
 
     /// [`Client::get`] with per-request R, pr and timeout.
     pub async fn get_with(&self, key: &[u8], call: &CallOptions) -> Result<GetResult, ClientError> {
-        let response = self.expect_ok(Opcode::Get, (key, &[], &[]), call).await?;
-        if response.status == Status::NotFound as u8 {
-            return Ok(GetResult {
-                values: Vec::new(),
-                context: response.context,
-            });
-        }
-        let siblings = decode_siblings(&response.value).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        Ok(GetResult {
-            values: siblings
-                .iter()
-                .filter(|s| !s.tombstone)
-                .map(|s| s.value.to_vec())
-                .collect(),
-            context: response.context,
-        })
+        self.expect_ok(Opcode::Get, (key, &[], &[]), call)
+            .await?
+            .into_get_result()
     }
 
     /// Writes `value`; with the context of a get it supersedes what that get

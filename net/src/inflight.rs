@@ -10,6 +10,11 @@
 //! one-shot channel and the map of pending ids this replaces, it was about a
 //! fifth of a load generator thread's CPU).
 //!
+//! Requests sent together (a pipeline, `Client::pipeline`) may share one
+//! *group*: the group holds a count of its requests still waiting and one
+//! waker, woken once when the last of them ends, so a batch of P requests
+//! costs one wake-up instead of P.
+//!
 //! Pure logic: it never reads the clock or does I/O; time is an argument.
 //! The connection (`client.rs`) drives it and wakes the wakers it returns
 //! after releasing its borrow.
@@ -29,8 +34,24 @@ pub(crate) enum Outcome<R> {
 
 enum State<R> {
     Free,
-    Waiting(Option<Waker>),
+    Waiting(Waiter),
     Done(Outcome<R>),
+}
+
+/// Who is told when a waiting request ends.
+enum Waiter {
+    /// Its own caller (the waker of its last poll, if polled yet).
+    Caller(Option<Waker>),
+    /// Its group, by index.
+    Group(u32),
+}
+
+struct Group {
+    generation: u32,
+    in_use: bool,
+    /// Requests of the group still waiting.
+    pending: u32,
+    waker: Option<Waker>,
 }
 
 struct Slot<R> {
@@ -51,6 +72,15 @@ pub(crate) struct Inflight<R> {
     /// The earliest deadline the reaper knows of, if any request waits.
     armed: Option<Instant>,
     closed: bool,
+    groups: Vec<Group>,
+    free_groups: Vec<u32>,
+}
+
+/// A group of requests that are waited for together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GroupId {
+    index: u32,
+    generation: u32,
 }
 
 fn request_id(index: u32, generation: u32) -> u64 {
@@ -76,6 +106,8 @@ impl<R> Inflight<R> {
             waiting: 0,
             armed: None,
             closed: false,
+            groups: Vec::new(),
+            free_groups: Vec::new(),
         }
     }
 
@@ -93,6 +125,20 @@ impl<R> Inflight<R> {
     /// and whether the reaper must be told (no deadline was armed, or this
     /// one is earlier). `None` if the table is full or closed.
     pub(crate) fn start(&mut self, deadline: Instant) -> Option<(u64, bool)> {
+        self.start_as(Waiter::Caller(None), deadline)
+    }
+
+    /// [`Inflight::start`] for a request of `group`, which is told when
+    /// the request ends instead of its caller. The outcome is then taken
+    /// with [`Inflight::take`].
+    pub(crate) fn start_in(&mut self, group: GroupId, deadline: Instant) -> Option<(u64, bool)> {
+        assert!(self.group_is_open(group), "requests join only an open group");
+        let started = self.start_as(Waiter::Group(group.index), deadline)?;
+        self.groups[group.index as usize].pending += 1;
+        Some(started)
+    }
+
+    fn start_as(&mut self, waiter: Waiter, deadline: Instant) -> Option<(u64, bool)> {
         if self.closed {
             return None;
         }
@@ -110,7 +156,7 @@ impl<R> Inflight<R> {
         };
         let slot = &mut self.slots[index as usize];
         assert!(matches!(slot.state, State::Free), "a free-listed slot is free");
-        slot.state = State::Waiting(None);
+        slot.state = State::Waiting(waiter);
         slot.deadline = deadline;
         self.waiting += 1;
         let tell_reaper = self.armed.is_none_or(|armed| deadline < armed);
@@ -135,11 +181,121 @@ impl<R> Inflight<R> {
         if !matches!(slot.state, State::Waiting(_)) {
             return None;
         }
-        let State::Waiting(waker) = std::mem::replace(&mut slot.state, State::Done(Outcome::Answered(answer))) else {
-            unreachable!("checked just above")
+        self.settle(split_id(id).0, Outcome::Answered(answer))
+    }
+
+    /// Ends the waiting request in slot `index` with `outcome`; returns the
+    /// waker to wake: its caller's, or its group's if it was the group's
+    /// last request waiting.
+    fn settle(&mut self, index: usize, outcome: Outcome<R>) -> Option<Waker> {
+        let State::Waiting(waiter) = std::mem::replace(&mut self.slots[index].state, State::Done(outcome)) else {
+            unreachable!("only waiting requests are settled")
         };
         self.waiting -= 1;
-        waker
+        match waiter {
+            Waiter::Caller(waker) => waker,
+            Waiter::Group(group) => self.group_ended_one(group),
+        }
+    }
+
+    /// One request of group `index` stopped waiting; the group's waker if
+    /// none waits any more.
+    fn group_ended_one(&mut self, index: u32) -> Option<Waker> {
+        let group = &mut self.groups[index as usize];
+        debug_assert!(group.in_use && group.pending > 0);
+        group.pending -= 1;
+        if group.pending == 0 {
+            group.waker.take()
+        } else {
+            None
+        }
+    }
+
+    /// Opens a group for requests to be waited for together. `None` if the
+    /// table is closed, or as many groups as slots are open (a group
+    /// without requests has no use, so more means groups are leaking).
+    pub(crate) fn open_group(&mut self) -> Option<GroupId> {
+        if self.closed {
+            return None;
+        }
+        let index = match self.free_groups.pop() {
+            Some(index) => index,
+            None if self.groups.len() < self.slots_max => {
+                self.groups.push(Group {
+                    generation: 1,
+                    in_use: false,
+                    pending: 0,
+                    waker: None,
+                });
+                u32::try_from(self.groups.len() - 1).expect("slots_max fits in u32, asserted in new")
+            }
+            None => return None,
+        };
+        let group = &mut self.groups[index as usize];
+        debug_assert!(!group.in_use && group.pending == 0);
+        group.in_use = true;
+        Some(GroupId {
+            index,
+            generation: group.generation,
+        })
+    }
+
+    fn group_is_open(&self, group: GroupId) -> bool {
+        self.groups
+            .get(group.index as usize)
+            .is_some_and(|g| g.in_use && g.generation == group.generation)
+    }
+
+    /// Ready once no request of `group` waits any more (each has an
+    /// outcome to take); otherwise keeps the waker.
+    pub(crate) fn poll_group(&mut self, group: GroupId, cx: &mut Context<'_>) -> Poll<()> {
+        assert!(self.group_is_open(group), "only an open group is waited for");
+        let group = &mut self.groups[group.index as usize];
+        if group.pending == 0 {
+            return Poll::Ready(());
+        }
+        if !group.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            group.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Takes the outcome of request `id` of a group, which has one (its
+    /// group was polled ready), and frees its slot.
+    pub(crate) fn take(&mut self, id: u64) -> Outcome<R> {
+        let Some(slot) = self.slot_of(id) else {
+            debug_assert!(false, "request {id:#x} taken after its slot was freed");
+            return Outcome::Disconnected;
+        };
+        match std::mem::replace(&mut slot.state, State::Free) {
+            State::Done(outcome) => {
+                self.release(id);
+                outcome
+            }
+            other => {
+                slot.state = other;
+                debug_assert!(false, "request {id:#x} taken while it waits");
+                Outcome::Disconnected
+            }
+        }
+    }
+
+    /// Closes `group` once its caller is done with it: requests of it not
+    /// taken yet are abandoned by the caller first.
+    pub(crate) fn close_group(&mut self, group: GroupId) {
+        if !self.group_is_open(group) {
+            return;
+        }
+        let g = &mut self.groups[group.index as usize];
+        debug_assert_eq!(
+            g.pending, 0,
+            "a group's requests are taken or abandoned before it closes"
+        );
+        g.in_use = false;
+        g.pending = 0;
+        g.waker = None;
+        g.generation = g.generation.wrapping_add(1);
+        self.free_groups.push(group.index);
     }
 
     /// Polls request `id` on behalf of its caller: its outcome once it has
@@ -152,12 +308,13 @@ impl<R> Inflight<R> {
             return Poll::Ready(Outcome::Disconnected);
         };
         match &mut slot.state {
-            State::Waiting(waker) => {
+            State::Waiting(Waiter::Caller(waker)) => {
                 if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     *waker = Some(cx.waker().clone());
                 }
                 Poll::Pending
             }
+            State::Waiting(Waiter::Group(_)) => unreachable!("a group's requests are polled through their group"),
             State::Done(_) => {
                 let State::Done(outcome) = std::mem::replace(&mut slot.state, State::Free) else {
                     unreachable!("matched just above")
@@ -174,10 +331,12 @@ impl<R> Inflight<R> {
     /// Does nothing if the slot was already freed.
     pub(crate) fn abandon(&mut self, id: u64) {
         let Some(slot) = self.slot_of(id) else { return };
-        let was_waiting = matches!(slot.state, State::Waiting(_));
-        slot.state = State::Free;
-        if was_waiting {
+        if let State::Waiting(waiter) = std::mem::replace(&mut slot.state, State::Free) {
             self.waiting -= 1;
+            if let Waiter::Group(group) = waiter {
+                // Its caller is giving up on the whole group: no one to wake.
+                let _ = self.group_ended_one(group);
+            }
         }
         self.release(id);
     }
@@ -197,17 +356,13 @@ impl<R> Inflight<R> {
     pub(crate) fn expire(&mut self, now: Instant, wake: &mut Vec<Waker>) -> Option<Instant> {
         let mut earliest: Option<Instant> = None;
         if self.waiting > 0 {
-            for slot in &mut self.slots {
+            for index in 0..self.slots.len() {
+                let slot = &self.slots[index];
                 if !matches!(slot.state, State::Waiting(_)) {
                     continue;
                 }
                 if slot.deadline <= now {
-                    if let State::Waiting(Some(waker)) =
-                        std::mem::replace(&mut slot.state, State::Done(Outcome::TimedOut))
-                    {
-                        wake.push(waker);
-                    }
-                    self.waiting -= 1;
+                    wake.extend(self.settle(index, Outcome::TimedOut));
                 } else {
                     earliest = Some(earliest.map_or(slot.deadline, |e| e.min(slot.deadline)));
                 }
@@ -221,11 +376,9 @@ impl<R> Inflight<R> {
     /// one starts.
     pub(crate) fn close(&mut self, wake: &mut Vec<Waker>) {
         self.closed = true;
-        for slot in &mut self.slots {
-            if let State::Waiting(waker) = &mut slot.state {
-                wake.extend(waker.take());
-                slot.state = State::Done(Outcome::Disconnected);
-                self.waiting -= 1;
+        for index in 0..self.slots.len() {
+            if matches!(self.slots[index].state, State::Waiting(_)) {
+                wake.extend(self.settle(index, Outcome::Disconnected));
             }
         }
         self.armed = None;
@@ -343,5 +496,61 @@ mod tests {
         table.abandon(id);
         assert_eq!(table.free.len(), 1, "abandoning twice frees once");
         assert!(table.start(t0).is_some());
+    }
+
+    #[test]
+    fn a_group_is_woken_once_when_its_last_request_ends() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut table = Inflight::new(8);
+        let group = table.open_group().unwrap();
+        let ids: Vec<u64> = (0..3)
+            .map(|i| table.start_in(group, t0 + ms(10 * (i + 1))).unwrap().0)
+            .collect();
+        let (count, w) = waker();
+        assert!(table.poll_group(group, &mut Context::from_waker(&w)).is_pending());
+        assert!(table.answer(ids[2], "c").is_none(), "two still wait");
+        let mut wake = Vec::new();
+        assert_eq!(table.expire(t0 + ms(10), &mut wake), Some(t0 + ms(20)));
+        assert!(wake.is_empty(), "one still waits");
+        table.answer(ids[1], "b").expect("the last one wakes the group").wake();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(table.poll_group(group, &mut Context::from_waker(&w)).is_ready());
+        assert!(matches!(table.take(ids[0]), Outcome::TimedOut));
+        assert!(matches!(table.take(ids[1]), Outcome::Answered("b")));
+        assert!(matches!(table.take(ids[2]), Outcome::Answered("c")));
+        table.close_group(group);
+        assert_eq!((table.waiting(), table.free.len()), (0, 3));
+        let again = table.open_group().unwrap();
+        assert_ne!(again, group, "a reopened group has a new generation");
+        table.close_group(group);
+        let (id, _) = table.start_in(again, t0).unwrap();
+        assert!(table.answer(id, "d").is_none(), "never polled: no waker yet");
+        assert!(table.poll_group(again, &mut Context::from_waker(&w)).is_ready());
+    }
+
+    #[test]
+    fn a_group_given_up_frees_its_slots_and_close_wakes_a_waiting_group() {
+        let t0 = Instant::now();
+        let mut table = Inflight::new(4);
+        let dropped = table.open_group().unwrap();
+        let ids: Vec<u64> = (0..2).map(|_| table.start_in(dropped, t0).unwrap().0).collect();
+        ids.iter().for_each(|&id| table.abandon(id));
+        table.close_group(dropped);
+        assert_eq!((table.waiting(), table.free.len()), (0, 2));
+        assert!(table.answer(ids[0], "late").is_none());
+
+        let group = table.open_group().unwrap();
+        let (id, _) = table.start_in(group, t0).unwrap();
+        let (solo, _) = table.start(t0).unwrap();
+        let (count, w) = waker();
+        assert!(table.poll_group(group, &mut Context::from_waker(&w)).is_pending());
+        assert!(poll(&mut table, solo, &w).is_pending());
+        let mut wake = Vec::new();
+        table.close(&mut wake);
+        wake.drain(..).for_each(Waker::wake);
+        assert_eq!(count.0.load(Ordering::Relaxed), 2, "the group and the lone caller");
+        assert!(matches!(table.take(id), Outcome::Disconnected));
+        assert!(table.open_group().is_none(), "closed");
     }
 }

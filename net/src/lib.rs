@@ -21,6 +21,7 @@ mod client;
 mod frame;
 mod inflight;
 mod opcode;
+mod pipeline;
 mod siblings;
 
 pub use client::{CallOptions, Client, ClientError, ClientOptions, Connection, GetResult, Response};
@@ -30,4 +31,7 @@ pub use frame::{
     FRAME_VERSION,
 };
 pub use opcode::{Opcode, Status};
-pub use siblings::{decode_siblings, encode_siblings, Sibling, SiblingsError, SIBLINGS_MAX, SIBLING_TOMBSTONE};
+pub use pipeline::Pipeline;
+pub use siblings::{
+    decode_siblings, encode_siblings, for_each_sibling, Sibling, SiblingsError, SIBLINGS_MAX, SIBLING_TOMBSTONE,
+};

@@ -57,12 +57,20 @@ fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], SiblingsError> {
 }
 
 /// Parses a sibling list, borrowing each value.
-pub fn decode_siblings(mut bytes: &[u8]) -> Result<Vec<Sibling<'_>>, SiblingsError> {
+pub fn decode_siblings(bytes: &[u8]) -> Result<Vec<Sibling<'_>>, SiblingsError> {
+    let mut siblings = Vec::new();
+    for_each_sibling(bytes, |s| siblings.push(s))?;
+    Ok(siblings)
+}
+
+/// Parses a sibling list and hands each sibling to `f` as it goes, without
+/// collecting them; returns how many there were. On an error `f` may have
+/// seen the siblings before the fault.
+pub fn for_each_sibling<'a>(mut bytes: &'a [u8], mut f: impl FnMut(Sibling<'a>)) -> Result<u32, SiblingsError> {
     let count = u32::from_le_bytes(take(&mut bytes, 4)?.try_into().expect("4 bytes"));
     if count > SIBLINGS_MAX {
         return Err(SiblingsError::TooMany(count));
     }
-    let mut siblings = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let flags = take(&mut bytes, 1)?[0];
         if flags & !SIBLING_TOMBSTONE != 0 {
@@ -70,7 +78,7 @@ pub fn decode_siblings(mut bytes: &[u8]) -> Result<Vec<Sibling<'_>>, SiblingsErr
         }
         let len = u32::from_le_bytes(take(&mut bytes, 4)?.try_into().expect("4 bytes"));
         let value = take(&mut bytes, len as usize)?;
-        siblings.push(Sibling {
+        f(Sibling {
             tombstone: flags & SIBLING_TOMBSTONE != 0,
             value,
         });
@@ -78,5 +86,5 @@ pub fn decode_siblings(mut bytes: &[u8]) -> Result<Vec<Sibling<'_>>, SiblingsErr
     if !bytes.is_empty() {
         return Err(SiblingsError::Trailing(bytes.len()));
     }
-    Ok(siblings)
+    Ok(count)
 }

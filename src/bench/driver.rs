@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
-use dynkv_net::{CallOptions, Client, ClientError, ClientOptions};
+use dynkv_net::{CallOptions, Client, ClientError, ClientOptions, Pipeline, Response};
 use rand::SeedableRng;
 use rand_xorshift::XorShiftRng;
 
@@ -109,6 +109,8 @@ pub(crate) struct Plan {
     pub(crate) value_size: ValueSize,
     /// Concurrent requests (closed loop), or the most in flight (open loop).
     pub(crate) concurrency: usize,
+    /// Closed loop: operations each worker sends at once (1: one at a time).
+    pub(crate) pipeline: usize,
     /// Operations per second for this thread; `None` for closed loop.
     pub(crate) rate: Option<f64>,
     pub(crate) read: CallOptions,
@@ -128,12 +130,37 @@ fn error_kind(err: &ClientError) -> String {
     }
 }
 
-fn seen(got: &dynkv_net::GetResult) -> Seen {
-    match got.values.len() {
+fn seen(values: usize) -> Seen {
+    match values {
         0 => Seen::Nothing,
         1 => Seen::Value,
         _ => Seen::Siblings,
     }
+}
+
+/// What a read's response saw.
+fn seen_in(response: &Response) -> Result<Seen, ClientError> {
+    Ok(seen(response.value_count()?))
+}
+
+/// One operation of a pipelined batch, chosen before it is sent.
+struct Planned {
+    kind: OpKind,
+    key: KeyName,
+    /// The fresh key of an insert.
+    inserted: Option<u64>,
+    /// A read-modify-write whose read is done: what it saw.
+    read: Option<Seen>,
+    /// How it ended, once it has.
+    result: Option<Result<Seen, ClientError>>,
+}
+
+/// A worker's requests for one node during a pipelined batch.
+#[derive(Default)]
+struct Lane {
+    pipeline: Pipeline,
+    /// Indexes into the batch of the operations in `pipeline`, in order.
+    planned: Vec<usize>,
 }
 
 /// A worker's random stream: a hash of the run's seed, the thread and the
@@ -161,33 +188,60 @@ impl Worker {
     /// nodes share the load evenly and every request for one key (the read
     /// and write of a read-modify-write) goes to the same coordinator.
     fn client(&self, key: &[u8]) -> &Client {
+        &self.clients[self.client_index(key)]
+    }
+
+    /// The index of [`Worker::client`] in `clients`.
+    fn client_index(&self, key: &[u8]) -> usize {
         // Seeded apart from the servers' partition hash, so that a node's
         // share is not tied to particular partitions or shards.
         const NODE_CHOICE_SEED: u64 = 0x6e6f_6465;
         let n = self.clients.len() as u64;
-        &self.clients[(xxhash_rust::xxh3::xxh3_64_with_seed(key, NODE_CHOICE_SEED) % n) as usize]
+        if n == 1 {
+            return 0;
+        }
+        (xxhash_rust::xxh3::xxh3_64_with_seed(key, NODE_CHOICE_SEED) % n) as usize
+    }
+
+    /// Writes without a context supersede what the coordinator holds, as a
+    /// benchmark's blind writes should.
+    fn overwrite(&self) -> CallOptions {
+        CallOptions {
+            overwrite: true,
+            ..self.plan.write
+        }
+    }
+
+    /// The key of an operation of `kind`: an insert takes the next fresh
+    /// key (returned too), every other kind picks one.
+    fn key_for(&self, kind: OpKind, rng: &mut XorShiftRng) -> (KeyName, Option<u64>) {
+        let newest = self.shared.newest_key.load(Ordering::Relaxed);
+        let inserted = (kind == OpKind::Insert).then(|| self.shared.next_insert.fetch_add(1, Ordering::Relaxed));
+        (
+            KeyName::of(inserted.unwrap_or_else(|| self.plan.keys.pick(rng, newest))),
+            inserted,
+        )
+    }
+
+    /// An insert of key `index` was acknowledged: reads may choose it.
+    fn acknowledged(&self, inserted: Option<u64>) {
+        if let Some(index) = inserted {
+            self.shared.newest_key.fetch_max(index + 1, Ordering::Relaxed);
+        }
     }
 
     /// Runs one operation; says what a read saw.
     async fn op(&self, kind: OpKind, rng: &mut XorShiftRng) -> Result<Seen, ClientError> {
-        let newest = self.shared.newest_key.load(Ordering::Relaxed);
         let value = &self.values[..self.plan.value_size.pick(rng)];
-        let overwrite = CallOptions {
-            overwrite: true,
-            ..self.plan.write
-        };
-        // An insert takes the next fresh key; every other kind picks one.
-        let inserted = (kind == OpKind::Insert).then(|| self.shared.next_insert.fetch_add(1, Ordering::Relaxed));
-        let key = KeyName::of(inserted.unwrap_or_else(|| self.plan.keys.pick(rng, newest)));
+        let overwrite = self.overwrite();
+        let (key, inserted) = self.key_for(kind, rng);
         let key = key.as_bytes();
         let client = self.client(key);
         match kind {
-            OpKind::Read => Ok(seen(&client.get_with(key, &self.plan.read).await?)),
+            OpKind::Read => Ok(seen(client.get_with(key, &self.plan.read).await?.values.len())),
             OpKind::Update | OpKind::Insert => {
                 client.put_with(key, value, None, &overwrite).await?;
-                if let Some(index) = inserted {
-                    self.shared.newest_key.fetch_max(index + 1, Ordering::Relaxed);
-                }
+                self.acknowledged(inserted);
                 Ok(Seen::Value)
             }
             OpKind::Delete => {
@@ -203,7 +257,99 @@ impl Worker {
                 };
                 let context = (!got.context.is_empty()).then_some(&got.context[..]);
                 client.put_with(key, value, context, &call).await?;
-                Ok(seen(&got))
+                Ok(seen(got.values.len()))
+            }
+        }
+    }
+
+    /// Runs `count` operations as one pipeline per node, sent at once, and
+    /// records each with the batch's latency (from when it was sent to when
+    /// its last answer arrived, as `redis-benchmark -P` counts). A
+    /// read-modify-write's write goes in a second round, with the context
+    /// its read returned. Returns when the batch ended.
+    async fn run_pipelined(&self, count: usize, start: Instant, rng: &mut XorShiftRng, lanes: &mut [Lane]) -> Instant {
+        let overwrite = self.overwrite();
+        let mut batch = Vec::with_capacity(count);
+        for _ in 0..count {
+            let kind = self.plan.mix.pick(rng);
+            let (key, inserted) = self.key_for(kind, rng);
+            let lane = &mut lanes[self.client_index(key.as_bytes())];
+            let value = &self.values[..self.plan.value_size.pick(rng)];
+            match kind {
+                OpKind::Read | OpKind::ReadModifyWrite => lane.pipeline.get(key.as_bytes(), &self.plan.read),
+                OpKind::Update | OpKind::Insert => lane.pipeline.put(key.as_bytes(), value, None, &overwrite),
+                OpKind::Delete => lane.pipeline.delete(key.as_bytes(), &[], &overwrite),
+            }
+            lane.planned.push(batch.len());
+            batch.push(Planned {
+                kind,
+                key,
+                inserted,
+                read: None,
+                result: None,
+            });
+        }
+        // The first round queues the writes of read-modify-writes.
+        while lanes.iter().any(|lane| !lane.pipeline.is_empty()) {
+            self.send_round(lanes, &mut batch, rng).await;
+        }
+        let now = Instant::now();
+        let mut recorder = self.recorder.borrow_mut();
+        let mut failed = 0;
+        for op in batch {
+            let result = op.result.expect("every planned operation got a result");
+            failed += u64::from(result.is_err());
+            recorder.record(op.kind, now - start, result.map_err(|e| error_kind(&e)), now);
+        }
+        self.shared.count(self.plan.thread, true, count as u64 - failed);
+        self.shared.count(self.plan.thread, false, failed);
+        now
+    }
+
+    /// Sends every lane's pipeline at once and files each answer in
+    /// `batch`; a read-modify-write's read queues its write.
+    async fn send_round(&self, lanes: &mut [Lane], batch: &mut [Planned], rng: &mut XorShiftRng) {
+        let sends = self
+            .clients
+            .iter()
+            .zip(lanes.iter_mut())
+            .map(|(client, lane)| client.pipeline(&mut lane.pipeline));
+        let answers = futures::future::join_all(sends).await;
+        let overwrite = self.overwrite();
+        for (lane, answers) in lanes.iter_mut().zip(answers) {
+            let planned = std::mem::take(&mut lane.planned);
+            for (&index, answer) in planned.iter().zip(answers) {
+                let op = &mut batch[index];
+                let response = match answer {
+                    Ok(response) => response,
+                    Err(e) => {
+                        op.result = Some(Err(e));
+                        continue;
+                    }
+                };
+                op.result = match (op.kind, op.read) {
+                    (OpKind::Read, _) => Some(seen_in(&response)),
+                    (OpKind::ReadModifyWrite, None) => match seen_in(&response) {
+                        Ok(seen) => {
+                            op.read = Some(seen);
+                            let value = &self.values[..self.plan.value_size.pick(rng)];
+                            let (context, call) = if response.context.is_empty() {
+                                (None, &overwrite)
+                            } else {
+                                (Some(&response.context[..]), &self.plan.write)
+                            };
+                            lane.pipeline.put(op.key.as_bytes(), value, context, call);
+                            lane.planned.push(index);
+                            None
+                        }
+                        Err(e) => Some(Err(e)),
+                    },
+                    (OpKind::ReadModifyWrite, Some(seen)) => Some(Ok(seen)),
+                    _ => {
+                        self.acknowledged(op.inserted);
+                        Some(Ok(Seen::Value))
+                    }
+                };
             }
         }
     }
@@ -271,6 +417,17 @@ async fn closed_loop(worker: &Rc<Worker>) {
                 // so that end is this one's start: one clock read per
                 // operation, not two.
                 let mut start = Instant::now();
+                if worker.plan.pipeline > 1 {
+                    let mut lanes: Vec<Lane> = worker.clients.iter().map(|_| Lane::default()).collect();
+                    loop {
+                        let count = (0..worker.plan.pipeline).take_while(|_| worker.shared.claim()).count();
+                        if count == 0 {
+                            break;
+                        }
+                        start = worker.run_pipelined(count, start, &mut rng, &mut lanes).await;
+                    }
+                    return;
+                }
                 while worker.shared.claim() {
                     let kind = worker.plan.mix.pick(&mut rng);
                     start = worker.run_one(kind, start, &mut rng).await;

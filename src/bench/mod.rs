@@ -26,6 +26,8 @@ use workload::{KeyChoice, KeyChooser, Mix, ValueSize};
 const DURATION_MAX_S: u64 = 86_400;
 /// Most concurrent requests per thread.
 const CONCURRENCY_MAX: usize = 100_000;
+/// Most operations a worker pipelines at once.
+const PIPELINE_MAX: usize = 10_000;
 /// Largest value a benchmark writes (the server's default value limit).
 const VALUE_MAX_BYTES: usize = 1 << 20;
 
@@ -70,6 +72,12 @@ pub(crate) struct BenchArgs {
     /// per thread (open loop).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Closed loop: operations each of the --concurrency workers sends at
+    /// once, as one pipeline per node, waiting for all their answers before
+    /// the next batch (as `redis-benchmark -P` does). Each records the
+    /// batch's latency. 1: each worker sends one at a time.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
     /// Open loop: operations per second in all, due at fixed times whatever
     /// the server does (latency counts from when each was due).
     #[arg(long)]
@@ -147,6 +155,17 @@ impl BenchArgs {
                 self.concurrency
             ));
         }
+        if self.pipeline == 0 || self.pipeline > PIPELINE_MAX {
+            return Err(format!(
+                "--pipeline {} must be between 1 and {PIPELINE_MAX}",
+                self.pipeline
+            ));
+        }
+        if self.pipeline > 1 && self.rate.is_some() {
+            return Err(
+                "--pipeline is for the closed loop; the open loop (--rate) sends each request when it is due".into(),
+            );
+        }
         if self.rate == Some(0) {
             return Err("--rate must be positive".into());
         }
@@ -181,7 +200,7 @@ impl BenchArgs {
             client: ClientOptions {
                 timeout,
                 connect_timeout: timeout.min(Duration::from_secs(3)),
-                inflight_max: self.concurrency.max(1),
+                inflight_max: self.concurrency.saturating_mul(self.pipeline).max(1),
             },
         })
     }
@@ -193,6 +212,7 @@ impl BenchArgs {
             keys: settings.keys.clone(),
             value_size: settings.value_size,
             concurrency: self.concurrency,
+            pipeline: self.pipeline,
             rate,
             read: settings.read,
             write: settings.write,
@@ -385,6 +405,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
         "keys": args.keys,
         "value_size": args.value_size,
         "concurrency": args.concurrency,
+        "pipeline": args.pipeline,
         "rate": args.rate,
         "threads": args.threads,
         "r": args.r,

@@ -10,7 +10,7 @@
 //! with less (read repair).
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dynkv_net::{Head, Opcode, Status, FLAG_FALLBACK};
 use dynkv_ring::{NodeId, Owner};
@@ -144,7 +144,6 @@ impl Shard {
         key: &[u8],
         sections: (&[u8], &[u8]),
         options: &RequestOptions,
-        started: Instant,
     ) -> Option<Outcome> {
         if options.hint_for.is_some() || !self.engine.acknowledges_when_staged() {
             return None;
@@ -156,7 +155,7 @@ impl Shard {
             Ok((write_context, sibling)) => self.put_now(partition, key, write_context, sibling)?,
             Err(outcome) => outcome,
         };
-        self.counters.record(op, &outcome, started.elapsed());
+        self.counters.record_in_batch(op, &outcome);
         Some(outcome)
     }
 

@@ -48,6 +48,8 @@ pub(crate) struct ShardCounters {
     pub(crate) sync_bytes_received: Cell<u64>,
     latency: [Cell<u64>; LATENCY_BUCKETS_US.len() + 1],
     latency_sum_us: Cell<u64>,
+    /// Requests counted by `record_in_batch` awaiting their batch's stamp.
+    unstamped: Cell<u64>,
 }
 
 /// A `Send` copy of a shard's counters.
@@ -89,18 +91,46 @@ pub(crate) struct HintSnapshot {
 
 impl ShardCounters {
     pub(crate) fn record(&self, op: Op, outcome: &Outcome, elapsed: Duration) {
+        self.count(op, outcome);
+        self.add_latency(elapsed, 1);
+    }
+
+    /// Counts a request answered while a batch is decoded; its latency is
+    /// recorded by the batch's [`ShardCounters::stamp_batch`]. A batch's
+    /// answers leave together, when it ends, so one clock read serves them
+    /// all (a read per request was 5% of a shard's CPU under pipelined
+    /// reads).
+    pub(crate) fn record_in_batch(&self, op: Op, outcome: &Outcome) {
+        self.count(op, outcome);
+        self.unstamped.set(self.unstamped.get() + 1);
+    }
+
+    /// Records `elapsed` as the latency of every request counted by
+    /// `record_in_batch` since the last stamp.
+    pub(crate) fn stamp_batch(&self, elapsed: Duration) {
+        let n = self.unstamped.replace(0);
+        if n > 0 {
+            self.add_latency(elapsed, n);
+        }
+    }
+
+    fn count(&self, op: Op, outcome: &Outcome) {
         let bump = |c: &Cell<u64>| c.set(c.get() + 1);
         bump(&self.ops[op as usize]);
         if matches!(outcome, Outcome::Failed(..)) {
             bump(&self.errors);
         }
+    }
+
+    fn add_latency(&self, elapsed: Duration, requests: u64) {
         let us = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
         let bucket = LATENCY_BUCKETS_US
             .iter()
             .position(|&b| us <= b)
             .unwrap_or(LATENCY_BUCKETS_US.len());
-        bump(&self.latency[bucket]);
-        self.latency_sum_us.set(self.latency_sum_us.get() + us);
+        self.latency[bucket].set(self.latency[bucket].get() + requests);
+        self.latency_sum_us
+            .set(self.latency_sum_us.get().saturating_add(us.saturating_mul(requests)));
     }
 
     pub(crate) fn snapshot(&self, connections: usize) -> CountersSnapshot {

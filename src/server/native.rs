@@ -123,7 +123,7 @@ fn access<'f>(frame: &Frame<'f>) -> (Access, std::iter::Once<&'f [u8]>) {
 /// Does a client's put or delete frame at once, answering into `out`, if
 /// the shard can without waiting (see `Shard::write_now`); false if it
 /// must take the usual path.
-fn write_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>, started: Instant) -> bool {
+fn write_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>) -> bool {
     let op = if frame.opcode() == Some(Opcode::Put) {
         Op::Put
     } else {
@@ -132,7 +132,7 @@ fn write_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>, started: Insta
     let Ok(options) = options(frame, Port::Client) else {
         return false;
     };
-    match shard.write_now(op, frame.key, (frame.context, frame.value), &options, started) {
+    match shard.write_now(op, frame.key, (frame.context, frame.value), &options) {
         Some(outcome) => {
             respond(shard, out, frame, outcome, Port::Client);
             true
@@ -143,8 +143,8 @@ fn write_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>, started: Insta
 
 /// Answers a client's get frame into `out` if the shard can without
 /// waiting (see `Shard::get_now`); false if it must take the usual path.
-fn answer_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>, started: Instant) -> bool {
-    match shard.get_now(frame.key, started) {
+fn answer_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>) -> bool {
+    match shard.get_now(frame.key) {
         Some(outcome) => {
             respond(shard, out, frame, outcome, Port::Client);
             true
@@ -393,8 +393,8 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
                     let (access, key) = access(frame);
                     let done = !later.conflicts(access, key.clone())
                         && match access {
-                            Access::Read => answer_now(&shard, frame, &mut out, started),
-                            Access::Write => write_now(&shard, frame, &mut out, started),
+                            Access::Read => answer_now(&shard, frame, &mut out),
+                            Access::Write => write_now(&shard, frame, &mut out),
                             Access::None => false,
                         };
                     if !done {
@@ -402,6 +402,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
                     }
                     !done
                 });
+                shard.counters.stamp_batch(started.elapsed());
             }
             // Frames that touch a key an earlier one of the batch touches
             // behave as if run in order (see `join_in_waves`).

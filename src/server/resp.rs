@@ -208,11 +208,11 @@ fn access<'c>(args: &'c [&'c [u8]]) -> (Access, impl Iterator<Item = &'c [u8]> +
 
 /// Does a SET at once, replying into `out`, if the shard can without
 /// waiting (see `Shard::write_now`); false if it must take the usual path.
-fn set_now(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>, started: Instant) -> bool {
+fn set_now(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
     if args.len() != 3 || !args[0].eq_ignore_ascii_case(b"SET") {
         return false;
     }
-    match shard.write_now(Op::Put, args[1], (&[], args[2]), &RESP_WRITE, started) {
+    match shard.write_now(Op::Put, args[1], (&[], args[2]), &RESP_WRITE) {
         Some(outcome) => {
             if !failure(out, &outcome) {
                 out.extend_from_slice(b"+OK\r\n");
@@ -225,11 +225,11 @@ fn set_now(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>, started: Instant) -
 
 /// Answers a GET into `out` if the shard can without waiting (see
 /// `Shard::get_now`); false if the command must take the usual path.
-fn get_now(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>, started: Instant) -> bool {
+fn get_now(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
     if args.len() != 2 || !args[0].eq_ignore_ascii_case(b"GET") {
         return false;
     }
-    match shard.get_now(args[1], started) {
+    match shard.get_now(args[1]) {
         Some(outcome) => {
             reply_get(out, Read::from(outcome));
             true
@@ -428,7 +428,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 let begin = now.len();
                 let (access, keys) = access(args);
                 let done = !touched_later.conflicts(access, keys.clone())
-                    && (get_now(&shard, args, &mut now, started) || set_now(&shard, args, &mut now, started));
+                    && (get_now(&shard, args, &mut now) || set_now(&shard, args, &mut now));
                 order.push(if done {
                     Reply::Now(begin..now.len())
                 } else {
@@ -437,6 +437,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                     Reply::Later
                 });
             }
+            shard.counters.stamp_batch(started.elapsed());
             let replies = run_in_order(&shard, &later).await;
             drop(later);
             drop(commands);

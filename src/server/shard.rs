@@ -527,10 +527,11 @@ impl Shard {
     }
 
     /// `read_now` for a client connection of this shard, counted like
-    /// `execute` as taking from `started` until now.
-    pub(crate) fn get_now(&self, key: &[u8], started: Instant) -> Option<Outcome> {
+    /// `execute`; the caller stamps its latency with the batch's
+    /// (`ShardCounters::stamp_batch`).
+    pub(crate) fn get_now(&self, key: &[u8]) -> Option<Outcome> {
         let outcome = self.read_now(key)?;
-        self.counters.record(Op::Get, &outcome, started.elapsed());
+        self.counters.record_in_batch(Op::Get, &outcome);
         Some(outcome)
     }
 
