@@ -160,6 +160,183 @@ fn decode_object_in(mut bytes: &[u8], owner: Option<&Bytes>) -> Result<Clock, Ob
     Clock::from_parts(parts).map_err(|reason| ObjectError::NotCanonical { what: WHAT, reason })
 }
 
+/// A stored object read in place, for the read path: its context and
+/// sibling values are borrowed from the stored bytes, with no [`Clock`]
+/// built, no value copied and no reference count touched.
+///
+/// [`ObjectView::parse`] checks every length and flag (nothing is read out
+/// of bounds, whatever the bytes) but not the canonical rules
+/// [`decode_object`] checks: the bytes are ones this node stored,
+/// checksummed at the disk boundary. A caller that gets an error goes the
+/// decoding way, which reports exactly what is wrong.
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectView<'a> {
+    /// The bytes after the header.
+    parts: &'a [u8],
+    nodes: usize,
+}
+
+/// One sibling of an [`ObjectView`]: its dot, timestamp and value (`None`
+/// for a tombstone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiblingView<'a> {
+    pub node: NodeId,
+    pub counter: u64,
+    pub timestamp_ms: u64,
+    pub value: Option<&'a [u8]>,
+}
+
+impl<'a> ObjectView<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<ObjectView<'a>, ObjectError> {
+        const WHAT: &str = "object";
+        let mut r = bytes;
+        let nodes = take_header(&mut r, WHAT)?;
+        let view = ObjectView { parts: r, nodes };
+        let mut siblings = 0usize;
+        let rest = view.walk(|_| siblings += 1)?;
+        if siblings > OBJECT_SIBLINGS_MAX {
+            return Err(ObjectError::TooLarge {
+                what: "object's sibling list",
+                count: siblings,
+                limit: OBJECT_SIBLINGS_MAX,
+            });
+        }
+        if !rest.is_empty() {
+            return Err(ObjectError::Trailing {
+                what: WHAT,
+                trailing: rest.len(),
+            });
+        }
+        Ok(view)
+    }
+
+    /// Hands every sibling to `f` in canonical order (by node, newest
+    /// first); returns the bytes after the last part.
+    fn walk(&self, mut f: impl FnMut(SiblingView<'a>)) -> Result<&'a [u8], ObjectError> {
+        const WHAT: &str = "object";
+        let r = &mut { self.parts };
+        for _ in 0..self.nodes {
+            let node = NodeId(u64::from_le_bytes(take(r, WHAT)?));
+            let counter = u64::from_le_bytes(take(r, WHAT)?);
+            let count = u16::from_le_bytes(take(r, WHAT)?);
+            for age in 0..u64::from(count) {
+                let timestamp_ms = u64::from_le_bytes(take(r, WHAT)?);
+                let flags = take::<1>(r, WHAT)?[0];
+                if flags & !FLAG_TOMBSTONE != 0 {
+                    return Err(ObjectError::BadFlags(flags));
+                }
+                let len = u32::from_le_bytes(take(r, WHAT)?) as usize;
+                if r.len() < len {
+                    return Err(ObjectError::Truncated { what: WHAT });
+                }
+                let (value, rest) = r.split_at(len);
+                *r = rest;
+                f(SiblingView {
+                    node,
+                    counter: counter.wrapping_sub(age),
+                    timestamp_ms,
+                    value: (flags & FLAG_TOMBSTONE == 0).then_some(value),
+                });
+            }
+        }
+        Ok(r)
+    }
+
+    /// True if no write was ever seen ([`Clock::is_empty`]).
+    pub fn is_empty(&self) -> bool {
+        self.nodes == 0
+    }
+
+    /// Every sibling, in canonical order (by node, newest first).
+    pub fn siblings(&self) -> SiblingViews<'a> {
+        SiblingViews {
+            rest: self.parts,
+            nodes_left: self.nodes,
+            node: NodeId(0),
+            counter: 0,
+            values_left: 0,
+        }
+    }
+
+    /// True if every sibling is a tombstone ([`Clock::is_deleted`]).
+    pub fn is_deleted(&self) -> bool {
+        self.siblings().all(|s| s.value.is_none())
+    }
+
+    /// The sibling RESP shows ([`Clock::last_writer`]'s rule).
+    pub fn last_writer(&self) -> Option<SiblingView<'a>> {
+        self.siblings().max_by_key(|s| (s.timestamp_ms, s.node, s.counter))
+    }
+
+    /// Appends the encoding of this object's context, exactly as
+    /// `encode_context(&clock.context(), out)` would.
+    pub fn encode_context(&self, out: &mut Vec<u8>) {
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&(self.nodes as u16).to_le_bytes());
+        let r = &mut { self.parts };
+        for _ in 0..self.nodes {
+            // Parsed already: every take succeeds.
+            let (Ok(node), Ok(counter), Ok(count)) = (take::<8>(r, ""), take::<8>(r, ""), take::<2>(r, "")) else {
+                unreachable!("parse checked every length")
+            };
+            out.extend_from_slice(&node);
+            out.extend_from_slice(&counter);
+            for _ in 0..u16::from_le_bytes(count) {
+                let header = take::<13>(r, "").expect("parse checked every length");
+                let len = u32::from_le_bytes(header[9..13].try_into().expect("4 bytes")) as usize;
+                *r = &r[len..];
+            }
+        }
+    }
+
+    /// Bytes `encode_context` appends.
+    pub fn context_len(&self) -> usize {
+        3 + 16 * self.nodes
+    }
+}
+
+/// The siblings of a parsed [`ObjectView`], read as they are iterated.
+pub struct SiblingViews<'a> {
+    rest: &'a [u8],
+    nodes_left: usize,
+    node: NodeId,
+    counter: u64,
+    /// Values of `node` not yet read; the next one's counter is `counter`.
+    values_left: u16,
+}
+
+impl<'a> Iterator for SiblingViews<'a> {
+    type Item = SiblingView<'a>;
+
+    fn next(&mut self) -> Option<SiblingView<'a>> {
+        // `ObjectView::parse` checked every length, so no take fails.
+        const CHECKED: &str = "ObjectView::parse checked every length";
+        let r = &mut self.rest;
+        while self.values_left == 0 {
+            if self.nodes_left == 0 {
+                return None;
+            }
+            self.nodes_left -= 1;
+            self.node = NodeId(u64::from_le_bytes(take(r, "").expect(CHECKED)));
+            self.counter = u64::from_le_bytes(take(r, "").expect(CHECKED));
+            self.values_left = u16::from_le_bytes(take(r, "").expect(CHECKED));
+        }
+        let header = take::<13>(r, "").expect(CHECKED);
+        let len = u32::from_le_bytes(header[9..13].try_into().expect("4 bytes")) as usize;
+        let (value, rest) = r.split_at(len);
+        *r = rest;
+        let sibling = SiblingView {
+            node: self.node,
+            counter: self.counter,
+            timestamp_ms: u64::from_le_bytes(header[..8].try_into().expect("8 bytes")),
+            value: (header[8] & FLAG_TOMBSTONE == 0).then_some(value),
+        };
+        self.values_left -= 1;
+        self.counter = self.counter.wrapping_sub(1);
+        Some(sibling)
+    }
+}
+
 /// Appends the encoding of a context: `format u8 | nodes u16 | (node u64 |
 /// counter u64)*`, nodes strictly ascending, counters positive.
 pub fn encode_context(context: &VersionVector, out: &mut Vec<u8>) {

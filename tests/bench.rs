@@ -200,7 +200,18 @@ fn pipelined_batches_account_for_every_operation_of_every_kind() {
     for (mix, expect) in [
         (&["--workload", "F"][..], "read-modify-write"),
         (
-            &["--workload", "custom", "--read", "2", "--insert", "1", "--delete", "1", "--update", "1"][..],
+            &[
+                "--workload",
+                "custom",
+                "--read",
+                "2",
+                "--insert",
+                "1",
+                "--delete",
+                "1",
+                "--update",
+                "1",
+            ][..],
             "insert",
         ),
     ] {
@@ -230,7 +241,11 @@ fn pipelined_batches_account_for_every_operation_of_every_kind() {
         assert!(stdout.contains(expect), "{mix:?}: {stdout}");
         let report = read_report(dir.path());
         assert_eq!(report["operations"].as_u64(), Some(3000), "{mix:?}: {report}");
-        assert_eq!(report["errors"].as_object().map(|e| e.len()), Some(0), "{mix:?}: {report}");
+        assert_eq!(
+            report["errors"].as_object().map(|e| e.len()),
+            Some(0),
+            "{mix:?}: {report}"
+        );
         assert_eq!(report["settings"]["pipeline"].as_u64(), Some(16));
     }
     assert!(node.terminate().success());

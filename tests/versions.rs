@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 
 use dynkv::object::{
     context_bytes, context_len, decode_context, decode_object, decode_object_shared, encoded_len, object_bytes,
+    ObjectView,
 };
 use dynkv::version::{Clock, Sibling, VersionLimits, VersionVector};
 use dynkv_ring::NodeId;
@@ -120,7 +121,26 @@ proptest! {
                 prop_assert_eq!(&decode_object_shared(&stored).unwrap(), clock, "values sliced from the stored object");
                 let ctx = clock.context();
                 let decoded = decode_context(&context_bytes(&ctx)).unwrap().unwrap_or_default();
-                prop_assert_eq!(decoded, ctx);
+                prop_assert_eq!(&decoded, &ctx);
+                // The read path's in-place view answers exactly as the clock.
+                let stored = object_bytes(clock);
+                let view = ObjectView::parse(&stored).unwrap();
+                prop_assert_eq!(view.is_empty(), clock.is_empty());
+                prop_assert_eq!(view.is_deleted(), clock.is_deleted());
+                let mut view_context = Vec::new();
+                view.encode_context(&mut view_context);
+                prop_assert_eq!(view.context_len(), view_context.len());
+                prop_assert_eq!(view_context, context_bytes(&ctx));
+                let siblings: Vec<_> = view.siblings().map(|s| (s.node, s.counter, s.timestamp_ms, s.value.map(<[u8]>::to_vec))).collect();
+                let expected: Vec<_> = clock
+                    .dotted_siblings()
+                    .map(|(node, counter, s)| (node, counter, s.timestamp_ms, s.value.as_deref().map(<[u8]>::to_vec)))
+                    .collect();
+                prop_assert_eq!(siblings, expected);
+                prop_assert_eq!(
+                    view.last_writer().and_then(|s| s.value),
+                    clock.last_writer().and_then(|s| s.value.as_deref())
+                );
             }
         }
     }
@@ -160,8 +180,33 @@ proptest! {
         }
         if let Ok(Some(ctx)) = decode_context(&bytes) {
             prop_assert_eq!(context_len(&ctx), bytes.len());
-            prop_assert_eq!(context_bytes(&ctx), bytes);
+            prop_assert_eq!(context_bytes(&ctx), bytes.clone());
         }
+        view_never_panics(&bytes);
+    }
+
+    #[test]
+    fn a_view_of_a_damaged_object_never_panics(at in 0usize..200, byte in any::<u8>(), cut in 0usize..200) {
+        let limits = VersionLimits::default();
+        let s = |v: &str| Sibling { timestamp_ms: 7, value: Some(bytes::Bytes::copy_from_slice(v.as_bytes())) };
+        let clock = Clock::new().update(None, NodeId(2), s("first"), limits).unwrap();
+        let clock = clock.sync(&Clock::new().update(None, NodeId(1), s("second"), limits).unwrap());
+        let mut bytes = object_bytes(&clock);
+        let at = at % bytes.len();
+        bytes[at] = byte;
+        bytes.truncate(bytes.len() - cut % bytes.len());
+        view_never_panics(&bytes);
+    }
+}
+
+/// Parses `bytes` as an `ObjectView` and, if that works, uses every part
+/// of it: none of it may panic, whatever the bytes.
+fn view_never_panics(bytes: &[u8]) {
+    if let Ok(view) = ObjectView::parse(bytes) {
+        let mut context = Vec::new();
+        view.encode_context(&mut context);
+        assert_eq!(context.len(), view.context_len());
+        let _ = (view.siblings().count(), view.is_deleted(), view.last_writer());
     }
 }
 

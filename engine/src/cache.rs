@@ -67,12 +67,17 @@ impl ReadCache {
     /// The value cached in `slot` for the record at `location`, if any
     /// (counted as a hit).
     pub(crate) fn get(&mut self, slot: u32, location: (u32, u32)) -> Option<Bytes> {
+        self.hit(slot, location).cloned()
+    }
+
+    /// [`ValueCache::get`] borrowed: no reference count is touched.
+    pub(crate) fn hit(&mut self, slot: u32, location: (u32, u32)) -> Option<&Bytes> {
         match self.live_slot(slot, location) {
             Some(index) => {
                 self.hits += 1;
                 let slot = &mut self.slots[index];
                 slot.referenced = true;
-                slot.value.clone()
+                slot.value.as_ref()
             }
             // A miss is counted by whoever finds the value elsewhere
             // (`note_miss`): a lookup that gives up is not a read.

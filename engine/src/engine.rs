@@ -453,6 +453,35 @@ impl Engine {
         }
     }
 
+    /// [`Engine::get_now`] for a caller that only looks at the value: `f`
+    /// is given it in place, with no copy and no reference count touched
+    /// (`None`: the key is absent, or its latest record is a tombstone).
+    /// `Ok(None)` when the value is not in the cache: then `get_now`.
+    /// `f` runs while the engine is borrowed, so it must not call it.
+    pub fn peek_now<T>(&self, partition: u32, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> Result<Option<T>> {
+        let mut st = self.inner.state.borrow_mut();
+        if st.closing {
+            return Err(EngineError::Closed);
+        }
+        let st = &mut *st;
+        let entry = match st.keydir.get(partition, key) {
+            None => None,
+            Some(entry) if entry.is_tombstone() => None,
+            Some(&entry) => Some(entry),
+        };
+        let Some(entry) = entry else {
+            st.counters.gets += 1;
+            return Ok(Some(f(None)));
+        };
+        match st.cache.hit(entry.cache_slot, (entry.segment, entry.offset)) {
+            Some(value) => {
+                st.counters.gets += 1;
+                Ok(Some(f(Some(value))))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// [`Engine::get`] without waiting, as far as memory answers. A server
     /// answers most reads this way without making a future for them. An
     /// `OnDisk` answer counts nothing in the statistics: the read is

@@ -70,8 +70,15 @@ impl ContextSeal {
 
     /// The context bytes a client gets.
     pub(crate) fn seal(&self, context: &VersionVector) -> Vec<u8> {
-        let mut out = Vec::with_capacity(context_len(context) + TAG_BYTES);
-        encode_context(context, &mut out);
+        self.seal_with(context_len(context), |out| encode_context(context, out))
+    }
+
+    /// The context bytes a client gets for an encoded context of
+    /// `body_len` bytes, which `encode` appends.
+    pub(crate) fn seal_with(&self, body_len: usize, encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body_len + TAG_BYTES);
+        encode(&mut out);
+        debug_assert_eq!(out.len(), body_len);
         let tag = self.tag(&out);
         out.extend_from_slice(&tag);
         out

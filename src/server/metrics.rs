@@ -91,7 +91,7 @@ pub(crate) struct HintSnapshot {
 
 impl ShardCounters {
     pub(crate) fn record(&self, op: Op, outcome: &Outcome, elapsed: Duration) {
-        self.count(op, outcome);
+        self.count(op, matches!(outcome, Outcome::Failed(..)));
         self.add_latency(elapsed, 1);
     }
 
@@ -101,7 +101,12 @@ impl ShardCounters {
     /// all (a read per request was 5% of a shard's CPU under pipelined
     /// reads).
     pub(crate) fn record_in_batch(&self, op: Op, outcome: &Outcome) {
-        self.count(op, outcome);
+        self.count_in_batch(op, matches!(outcome, Outcome::Failed(..)));
+    }
+
+    /// [`ShardCounters::record_in_batch`] of a request that `failed` or not.
+    pub(crate) fn count_in_batch(&self, op: Op, failed: bool) {
+        self.count(op, failed);
         self.unstamped.set(self.unstamped.get() + 1);
     }
 
@@ -114,10 +119,10 @@ impl ShardCounters {
         }
     }
 
-    fn count(&self, op: Op, outcome: &Outcome) {
+    fn count(&self, op: Op, failed: bool) {
         let bump = |c: &Cell<u64>| c.set(c.get() + 1);
         bump(&self.ops[op as usize]);
-        if matches!(outcome, Outcome::Failed(..)) {
+        if failed {
             bump(&self.errors);
         }
     }

@@ -25,7 +25,7 @@ use crate::server::auth;
 use crate::server::batch::{join_in_waves, Access, KeyConflicts};
 use crate::server::recv::{RecvBuf, READ_CHUNK_BYTES};
 use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
-use dynkv::object::object_bytes;
+use dynkv::object::{object_bytes, ObjectView};
 
 /// Section limits on a client port: generous enough to answer an oversized
 /// key or value with a status, small enough to bound the buffer.
@@ -93,6 +93,30 @@ fn respond(shard: &Shard, out: &mut Vec<u8>, frame: &Frame<'_>, outcome: Outcome
     }
 }
 
+/// Encodes a client's get response from the stored object in place: what
+/// `respond` encodes for `Outcome::Object` of the decoded clock.
+fn respond_view(shard: &Shard, out: &mut Vec<u8>, frame: &Frame<'_>, view: Option<ObjectView<'_>>) {
+    let (opcode, id) = (frame.header.opcode, frame.header.request_id);
+    let Some(view) = view.filter(|v| !v.is_empty()) else {
+        encode(out, &Head::response(opcode, id, Status::NotFound), &[], &[], &[]);
+        return;
+    };
+    let context = shard.seal.seal_with(view.context_len(), |out| view.encode_context(out));
+    if view.is_deleted() {
+        // Absent, but the context lets a later put supersede the
+        // tombstone instead of becoming its sibling.
+        encode(out, &Head::response(opcode, id, Status::NotFound), &[], &context, &[]);
+        return;
+    }
+    let siblings = view.siblings().map(|s| Sibling {
+        tombstone: s.value.is_none(),
+        value: s.value.unwrap_or(&[]),
+    });
+    encode_with(out, &Head::response(opcode, id, Status::Ok), &[], &context, |out| {
+        encode_siblings(out, siblings)
+    });
+}
+
 /// The shard map: `q: u32 | shards: u16 | port: u16 * shards | shard: u16 * q`.
 fn shard_map(shard: &Shard) -> Vec<u8> {
     let view = shard.view();
@@ -144,6 +168,15 @@ fn write_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>) -> bool {
 /// Answers a client's get frame into `out` if the shard can without
 /// waiting (see `Shard::get_now`); false if it must take the usual path.
 fn answer_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>) -> bool {
+    // In place if the object is cached; else decoded, if memory has it.
+    match shard.peek_now(frame.key, |view| respond_view(shard, out, frame, view)) {
+        Some(Ok(())) => return true,
+        Some(Err(outcome)) => {
+            respond(shard, out, frame, outcome, Port::Client);
+            return true;
+        }
+        None => {}
+    }
     match shard.get_now(frame.key) {
         Some(outcome) => {
             respond(shard, out, frame, outcome, Port::Client);

@@ -229,6 +229,21 @@ fn get_now(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
     if args.len() != 2 || !args[0].eq_ignore_ascii_case(b"GET") {
         return false;
     }
+    // In place if the object is cached; else decoded, if memory has it.
+    let peeked = shard.peek_now(args[1], |view| {
+        match view.and_then(|v| v.last_writer()).and_then(|s| s.value) {
+            Some(value) => bulk(out, value),
+            None => out.extend_from_slice(b"$-1\r\n"),
+        }
+    });
+    match peeked {
+        Some(Ok(())) => return true,
+        Some(Err(outcome)) => {
+            failure(out, &outcome);
+            return true;
+        }
+        None => {}
+    }
     match shard.get_now(args[1]) {
         Some(outcome) => {
             reply_get(out, Read::from(outcome));
