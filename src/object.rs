@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use dynkv_ring::NodeId;
 
-use crate::version::{Clock, Sibling, VersionVector};
+use crate::version::{Clock, Sibling, VersionLimits, VersionVector};
 
 /// Format byte leading every object and context.
 const FORMAT_V1: u8 = 1;
@@ -273,26 +273,120 @@ impl<'a> ObjectView<'a> {
     pub fn encode_context(&self, out: &mut Vec<u8>) {
         out.push(FORMAT_V1);
         out.extend_from_slice(&(self.nodes as u16).to_le_bytes());
-        let r = &mut { self.parts };
-        for _ in 0..self.nodes {
-            // Parsed already: every take succeeds.
-            let (Ok(node), Ok(counter), Ok(count)) = (take::<8>(r, ""), take::<8>(r, ""), take::<2>(r, "")) else {
-                unreachable!("parse checked every length")
-            };
-            out.extend_from_slice(&node);
-            out.extend_from_slice(&counter);
-            for _ in 0..u16::from_le_bytes(count) {
-                let header = take::<13>(r, "").expect("parse checked every length");
-                let len = u32::from_le_bytes(header[9..13].try_into().expect("4 bytes")) as usize;
-                *r = &r[len..];
-            }
+        for (node, counter) in self.entries() {
+            out.extend_from_slice(&node.0.to_le_bytes());
+            out.extend_from_slice(&counter.to_le_bytes());
         }
+    }
+
+    /// Each writer's node and counter, in stored order.
+    fn entries(&self) -> impl Iterator<Item = (NodeId, u64)> + 'a {
+        // `ObjectView::parse` checked every length, so no take fails.
+        const CHECKED: &str = "ObjectView::parse checked every length";
+        let mut r = self.parts;
+        (0..self.nodes).map(move |_| {
+            let node = NodeId(u64::from_le_bytes(take(&mut r, "").expect(CHECKED)));
+            let counter = u64::from_le_bytes(take(&mut r, "").expect(CHECKED));
+            let count = u16::from_le_bytes(take(&mut r, "").expect(CHECKED));
+            for _ in 0..count {
+                let header = take::<13>(&mut r, "").expect(CHECKED);
+                let len = u32::from_le_bytes(header[9..13].try_into().expect("4 bytes")) as usize;
+                r = &r[len..];
+            }
+            (node, counter)
+        })
     }
 
     /// Bytes `encode_context` appends.
     pub fn context_len(&self) -> usize {
         3 + 16 * self.nodes
     }
+}
+
+/// Appends the object a write makes at `node` that supersedes everything
+/// `local` holds (`WriteContext::Local`: RESP's SET, a client's overwrite,
+/// a delete without a context), with one sibling: `value`, or a tombstone
+/// if `None`. The bytes are exactly `object_bytes` of what
+/// `Clock::update(Some(&local.context()), ..)` makes, without building
+/// either clock. `None` (and `out` as it was) where that general path must
+/// decide: a limit passed, a counter exhausted, or `local` not canonical
+/// in its node order.
+pub fn encode_superseding(
+    local: Option<ObjectView<'_>>,
+    node: NodeId,
+    timestamp_ms: u64,
+    value: Option<&[u8]>,
+    limits: &VersionLimits,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let start = out.len();
+    let done = superseding(local, node, timestamp_ms, value, limits, out);
+    if done.is_none() {
+        out.truncate(start);
+    }
+    done
+}
+
+fn superseding(
+    local: Option<ObjectView<'_>>,
+    node: NodeId,
+    timestamp_ms: u64,
+    value: Option<&[u8]>,
+    limits: &VersionLimits,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let held = local.map_or(0, |view| view.nodes);
+    if held > limits.context_nodes_max || limits.siblings_max == 0 {
+        return None;
+    }
+    let bytes = value.unwrap_or(&[]);
+    let len = u32::try_from(bytes.len()).ok()?;
+    let mut written = false;
+    let write_new = |out: &mut Vec<u8>, counter: u64| {
+        out.extend_from_slice(&node.0.to_le_bytes());
+        out.extend_from_slice(&counter.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&timestamp_ms.to_le_bytes());
+        out.push(if value.is_none() { FLAG_TOMBSTONE } else { 0 });
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(bytes);
+    };
+    out.push(FORMAT_V1);
+    let count_at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    let mut nodes = 0usize;
+    let mut last: Option<NodeId> = None;
+    for (n, counter) in local.into_iter().flat_map(|view| view.entries()) {
+        if last.is_some_and(|l| l >= n) || counter == 0 {
+            return None;
+        }
+        last = Some(n);
+        if !written && n > node {
+            // A writer's first dot on a key starts at the write's time in
+            // microseconds (see `Clock::update`).
+            write_new(out, timestamp_ms.saturating_mul(1000).max(1));
+            written = true;
+            nodes += 1;
+        }
+        if n == node {
+            write_new(out, counter.checked_add(1)?);
+            written = true;
+        } else {
+            out.extend_from_slice(&n.0.to_le_bytes());
+            out.extend_from_slice(&counter.to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes());
+        }
+        nodes += 1;
+    }
+    if !written {
+        write_new(out, timestamp_ms.saturating_mul(1000).max(1));
+        nodes += 1;
+    }
+    if nodes > limits.context_nodes_max {
+        return None;
+    }
+    out[count_at..count_at + 2].copy_from_slice(&u16::try_from(nodes).ok()?.to_le_bytes());
+    Some(())
 }
 
 /// The siblings of a parsed [`ObjectView`], read as they are iterated.

@@ -8,9 +8,10 @@
 
 use std::collections::BTreeSet;
 
+use dynkv::cluster::replica::{coordinate, WriteContext};
 use dynkv::object::{
-    context_bytes, context_len, decode_context, decode_object, decode_object_shared, encoded_len, object_bytes,
-    ObjectView,
+    context_bytes, context_len, decode_context, decode_object, decode_object_shared, encode_superseding, encoded_len,
+    object_bytes, ObjectView,
 };
 use dynkv::version::{Clock, Sibling, VersionLimits, VersionVector};
 use dynkv_ring::NodeId;
@@ -141,6 +142,18 @@ proptest! {
                     view.last_writer().and_then(|s| s.value),
                     clock.last_writer().and_then(|s| s.value.as_deref())
                 );
+                // An overwrite (or a delete) encoded from the view is the
+                // object the general path stores, at every writer.
+                for writer in 0..=REPLICAS as u64 + 1 {
+                    for value in [Some(&b"over"[..]), None] {
+                        let sibling = Sibling { timestamp_ms: 1_000 + step as u64, value: value.map(bytes::Bytes::copy_from_slice) };
+                        let limits = VersionLimits::default();
+                        let general = coordinate(clock, &WriteContext::Local, NodeId(writer), sibling, limits).map(|c| object_bytes(&c));
+                        let mut fast = Vec::new();
+                        let done = encode_superseding(Some(view), NodeId(writer), 1_000 + step as u64, value, &limits, &mut fast);
+                        prop_assert_eq!(done.map(|()| fast), general.ok(), "writer {} over {:?}", writer, clock);
+                    }
+                }
             }
         }
     }

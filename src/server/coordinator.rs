@@ -21,7 +21,7 @@ use crate::server::hints::unix_ms;
 use crate::server::shard::{engine_failure, Op, Outcome, RequestOptions, Shard};
 use dynkv::cluster::replica::{coordinate, WriteContext};
 use dynkv::cluster::{GetPlan, GetRound, PutPlan, PutRound, Quorum, QuorumError, Send};
-use dynkv::object::{decode_object, encoded_len, object_bytes};
+use dynkv::object::{decode_object, encode_superseding, encoded_len, object_bytes, ObjectView};
 use dynkv::version::{Clock, Sibling, VersionError};
 
 fn quorum_failure(err: QuorumError) -> Outcome {
@@ -150,6 +150,14 @@ impl Shard {
         }
         let partition = self.sole_replica_of(key)?;
         let (context, value) = sections;
+        // An overwrite (or a delete) without a context needs no clock.
+        let superseding = context.is_empty() && (options.supersede_local || op == Op::Delete);
+        if superseding {
+            if let Some(outcome) = self.supersede_now(op, partition, key, value) {
+                self.counters.record_in_batch(op, &outcome);
+                return Some(outcome);
+            }
+        }
         // In the order `coordinate` checks: the request itself first.
         let outcome = match self.write_request(op, context, value, options) {
             Ok((write_context, sibling)) => self.put_now(partition, key, write_context, sibling)?,
@@ -157,6 +165,46 @@ impl Shard {
         };
         self.counters.record_in_batch(op, &outcome);
         Some(outcome)
+    }
+
+    /// `put_now` of a write that supersedes everything this shard holds for
+    /// the key (`WriteContext::Local`), encoded from the stored object in
+    /// place (`encode_superseding`): no clock is decoded or built. `None`,
+    /// with nothing written, whenever the general path must decide: a limit
+    /// or error to report, the stored object not in memory, the log full.
+    fn supersede_now(&self, op: Op, partition: u32, key: &[u8], value: &[u8]) -> Option<Outcome> {
+        let value = match op {
+            Op::Put if value.len() <= self.config.value_max_bytes => Some(value),
+            Op::Delete => None,
+            _ => return None,
+        };
+        let _guard = self.key_locks.try_lock(key)?;
+        let timestamp_ms = unix_ms();
+        let mut object = Vec::new();
+        let encoded = self.engine.peek_now(partition, key, |stored| {
+            let local = match stored {
+                None => None,
+                Some(bytes) => Some(ObjectView::parse(bytes).ok()?),
+            };
+            object.reserve(local.map_or(0, |v| v.context_len()) + value.map_or(0, <[u8]>::len) + 64);
+            encode_superseding(local, self.actor, timestamp_ms, value, &self.limits, &mut object)
+        });
+        match encoded {
+            Ok(Some(Some(()))) => {}
+            Ok(_) => return None,
+            Err(err) => return Some(engine_failure(err)),
+        }
+        // Half the stored limit, as `new_version` checks.
+        if object.len() > self.config.object_max_bytes() / 2 {
+            return None;
+        }
+        let staged = self
+            .engine
+            .put_staged_marked_now(partition, key, &object, value.is_none())?;
+        Some(match staged {
+            Ok(_) => Outcome::Done,
+            Err(err) => engine_failure(err),
+        })
     }
 
     /// `coordinate_put` on this shard alone, if nothing makes it wait.
