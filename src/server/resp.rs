@@ -15,7 +15,7 @@ use glommio::net::TcpStream;
 
 use crate::server::batch::{join_in_order, join_in_waves, Access, KeyConflicts};
 use crate::server::recv::RecvBuf;
-use crate::server::shard::{Op, Outcome, RequestOptions, Shard};
+use crate::server::shard::{Op, Outcome, RequestOptions, RespBatch, RespReplies, Shard, ShardMsg};
 
 /// Arguments in one command (MSET/MGET/DEL with many keys).
 const ARGS_MAX: usize = 64 * 1024;
@@ -168,10 +168,12 @@ impl Read {
 }
 
 /// Where a pipelined command's reply is: answered at once, in the batch's
-/// buffer, or coming from the commands run later, in order.
+/// buffer; coming from the commands run later, in order; or from the batch
+/// sent to another shard (which shard, and which of its commands).
 enum Reply {
     Now(std::ops::Range<usize>),
     Later,
+    Away(usize, usize),
 }
 
 /// GET's reply.
@@ -399,18 +401,211 @@ async fn execute(shard: &Rc<Shard>, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
     true
 }
 
+/// A batch's commands another shard alone holds the keys of, on their way
+/// to it.
+#[derive(Default)]
+struct Away {
+    commands: Vec<u8>,
+    count: usize,
+}
+
+/// A batch's replies, back to back, with where each command's ends.
+struct Answered {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    /// False after QUIT: the connection closes after these replies.
+    keep_open: bool,
+}
+
+/// The shard of this node that alone holds the key of a GET or SET, if
+/// that is not this one: the command can be sent there with others.
+fn away_owner(shard: &Shard, args: &[&[u8]]) -> Option<usize> {
+    let single_key = match args.first() {
+        Some(name) if args.len() == 2 => name.eq_ignore_ascii_case(b"GET"),
+        Some(name) if args.len() == 3 => name.eq_ignore_ascii_case(b"SET"),
+        _ => false,
+    };
+    if !single_key {
+        return None;
+    }
+    let (_, owner) = shard.sole_local_replica(args[1])?;
+    (owner != shard.id).then_some(owner)
+}
+
+/// Answers a batch of pipelined commands (each with its RESP bytes) as
+/// Redis answers a connection's commands, in order:
+/// - GETs and SETs this shard can finish without waiting are done now,
+///   without a future each;
+/// - with `forward`, GETs and SETs of keys another shard of this node
+///   alone holds go to that shard as one batch per shard, which it answers
+///   the same way, instead of one message, channel and future each;
+/// - the rest run in waves (`join_in_waves`).
+///
+/// None may overtake a command before it that runs later and touches its
+/// key: such a command runs later too, and commands run later wait for the
+/// batches sent away if one of those touches their keys.
+async fn answer_batch(shard: &Rc<Shard>, commands: &[(Vec<&[u8]>, &[u8])], forward: bool) -> Answered {
+    if commands.len() > 1 {
+        // The key of GET, SET, DEL and the rest (see Shard::prefetch).
+        for (args, _) in commands {
+            if let Some(key) = args.get(1) {
+                shard.prefetch(key);
+            }
+        }
+    }
+    let started = Instant::now();
+    let mut now = Vec::new();
+    let mut order = Vec::with_capacity(commands.len());
+    let mut later = Vec::new();
+    let mut touched_later = KeyConflicts::default();
+    let mut away: Vec<Away> = Vec::new();
+    let mut touched_away = KeyConflicts::default();
+    let mut later_waits_for_away = false;
+    for (args, raw) in commands {
+        let begin = now.len();
+        let (access, keys) = access(args);
+        let free = !touched_later.conflicts(access, keys.clone());
+        if free && (get_now(shard, args, &mut now) || set_now(shard, args, &mut now)) {
+            order.push(Reply::Now(begin..now.len()));
+            continue;
+        }
+        if let Some(owner) = away_owner(shard, args).filter(|_| free && forward) {
+            if away.len() <= owner {
+                away.resize_with(owner + 1, Away::default);
+            }
+            let batch = &mut away[owner];
+            batch.commands.extend_from_slice(raw);
+            order.push(Reply::Away(owner, batch.count));
+            batch.count += 1;
+            touched_away.note(access, keys);
+            continue;
+        }
+        later_waits_for_away |= touched_away.conflicts(access, keys.clone());
+        touched_later.note(access, keys);
+        later.push(args);
+        order.push(Reply::Later);
+    }
+    shard.counters.stamp_batch(started.elapsed());
+    let mut sent = Vec::new();
+    for (owner, batch) in away.into_iter().enumerate().filter(|(_, b)| b.count > 0) {
+        let (reply, answer) = futures::channel::oneshot::channel();
+        let msg = ShardMsg::Resp(RespBatch {
+            commands: batch.commands,
+            count: batch.count,
+            reply,
+        });
+        // A shard that is gone drops the message, and with it `reply`.
+        let _ = shard.senders.send_to(owner, msg).await;
+        sent.push((owner, answer));
+    }
+    let away_replies = async {
+        let mut replies: Vec<Option<RespReplies>> = Vec::new();
+        for (owner, answer) in sent {
+            if replies.len() <= owner {
+                replies.resize_with(owner + 1, || None);
+            }
+            replies[owner] = answer.await.ok();
+        }
+        replies
+    };
+    let (replies, away_replies) = if later_waits_for_away {
+        let away_replies = away_replies.await;
+        (run_in_order(shard, &later).await, away_replies)
+    } else {
+        futures::future::join(run_in_order(shard, &later), away_replies).await
+    };
+    let mut answered = Answered {
+        bytes: Vec::new(),
+        ends: Vec::with_capacity(order.len()),
+        keep_open: true,
+    };
+    if replies.is_empty() && away_replies.is_empty() {
+        let mut end = 0;
+        answered.ends.extend(order.iter().map(|reply| {
+            if let Reply::Now(range) = reply {
+                end = range.end;
+            }
+            end
+        }));
+        answered.bytes = now;
+        return answered;
+    }
+    let out = &mut answered.bytes;
+    let mut replies = replies.into_iter();
+    for reply in order {
+        match reply {
+            Reply::Now(range) => out.extend_from_slice(&now[range]),
+            Reply::Later => {
+                let (reply, open) = replies.next().expect("one reply per command run later");
+                out.extend_from_slice(&reply);
+                answered.keep_open = open;
+            }
+            Reply::Away(owner, index) => match away_replies.get(owner).and_then(Option::as_ref) {
+                Some(batch) if index < batch.ends.len() => {
+                    let start = if index == 0 { 0 } else { batch.ends[index - 1] };
+                    out.extend_from_slice(&batch.bytes[start..batch.ends[index]]);
+                }
+                _ => error(
+                    out,
+                    &format!("ERR ShuttingDown: shard {owner} is not accepting requests"),
+                ),
+            },
+        }
+        answered.ends.push(out.len());
+        if !answered.keep_open {
+            break;
+        }
+    }
+    answered
+}
+
+/// Answers a batch of RESP commands another shard sent here (see
+/// `answer_batch`), in place unless it must wait.
+pub(crate) async fn serve_forwarded(shard: &Rc<Shard>, batch: RespBatch) {
+    let shard = shard.clone();
+    crate::server::eager::run_or_spawn(async move {
+        let bulk_max = bulk_max(&shard);
+        let mut commands = Vec::with_capacity(batch.count);
+        let mut at = 0;
+        while commands.len() < batch.count {
+            match parse(&batch.commands[at..], bulk_max) {
+                Parsed::Command(args, used) => {
+                    commands.push((args, &batch.commands[at..at + used]));
+                    at += used;
+                }
+                // The sender parsed these very bytes: it cannot happen.
+                // If it did, the sender answers the commands with errors.
+                Parsed::Incomplete | Parsed::Error(_) => return,
+            }
+        }
+        let answered = answer_batch(&shard, &commands, false).await;
+        // The sender may have given up; that is fine.
+        let _ = batch.reply.send(RespReplies {
+            bytes: answered.bytes,
+            ends: answered.ends,
+        });
+    })
+    .await;
+}
+
+/// The longest bulk string a command may carry.
+fn bulk_max(shard: &Shard) -> usize {
+    shard.config.value_max_bytes.max(shard.config.key_max_bytes) + 1
+}
+
 /// Serves one RESP connection.
 pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
-    let bulk_max = shard.config.value_max_bytes.max(shard.config.key_max_bytes) + 1;
+    let bulk_max = bulk_max(&shard);
     let mut buf = RecvBuf::new();
     loop {
         let mut consumed = 0;
         let mut commands = Vec::new();
         let mut protocol_error = None;
         while commands.len() < PIPELINE_BATCH_MAX {
-            match parse(&buf.data()[consumed..], bulk_max) {
+            let data = &buf.data()[consumed..];
+            match parse(data, bulk_max) {
                 Parsed::Command(args, used) => {
-                    commands.push(args);
+                    commands.push((args, &data[..used]));
                     consumed += used;
                 }
                 Parsed::Incomplete => break,
@@ -421,62 +616,13 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             }
         }
         if !commands.is_empty() || protocol_error.is_some() {
-            if commands.len() > 1 {
-                // The key of GET, SET, DEL and the rest (see Shard::prefetch).
-                for args in &commands {
-                    if let Some(key) = args.get(1) {
-                        shard.prefetch(key);
-                    }
-                }
-            }
-            // GETs and SETs the shard can finish without waiting are done
-            // now, without a future each; the rest run in waves. Replies go
-            // out in command order either way.
-            let started = Instant::now();
-            let mut now = Vec::new();
-            let mut order = Vec::with_capacity(commands.len());
-            let mut later = Vec::new();
-            // None may overtake a command before it that runs later and
-            // touches its key.
-            let mut touched_later = KeyConflicts::default();
-            for args in &commands {
-                let begin = now.len();
-                let (access, keys) = access(args);
-                let done = !touched_later.conflicts(access, keys.clone())
-                    && (get_now(&shard, args, &mut now) || set_now(&shard, args, &mut now));
-                order.push(if done {
-                    Reply::Now(begin..now.len())
-                } else {
-                    touched_later.note(access, keys);
-                    later.push(args);
-                    Reply::Later
-                });
-            }
-            shard.counters.stamp_batch(started.elapsed());
-            let replies = run_in_order(&shard, &later).await;
-            drop(later);
+            let Answered {
+                bytes: mut out,
+                keep_open,
+                ..
+            } = answer_batch(&shard, &commands, true).await;
             drop(commands);
-            let mut keep_open = true;
-            let mut out = if replies.is_empty() {
-                now
-            } else {
-                let mut out = Vec::new();
-                let mut replies = replies.into_iter();
-                for reply in order {
-                    match reply {
-                        Reply::Now(range) => out.extend_from_slice(&now[range]),
-                        Reply::Later => {
-                            let (reply, open) = replies.next().expect("one reply per command run later");
-                            out.extend_from_slice(&reply);
-                            keep_open = open;
-                        }
-                    }
-                    if !keep_open {
-                        break;
-                    }
-                }
-                out
-            };
+            let mut keep_open = keep_open;
             if let Some(message) = &protocol_error {
                 error(&mut out, &format!("ERR Protocol error: {message}"));
                 keep_open = false;

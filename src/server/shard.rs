@@ -130,9 +130,27 @@ pub(crate) struct Forwarded {
     pub(crate) reply: oneshot::Sender<Outcome>,
 }
 
+/// RESP commands a connection on another shard received for keys this
+/// shard alone holds, as the client sent them, to be answered as one
+/// pipeline (see `resp::answer_batch`).
+pub(crate) struct RespBatch {
+    /// The commands' RESP bytes, back to back.
+    pub(crate) commands: Vec<u8>,
+    pub(crate) count: usize,
+    pub(crate) reply: oneshot::Sender<RespReplies>,
+}
+
+/// The replies to a `RespBatch`, back to back; `ends[i]` is where the
+/// reply to command `i` ends.
+pub(crate) struct RespReplies {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) ends: Vec<usize>,
+}
+
 /// What shards send each other.
 pub(crate) enum ShardMsg {
     Request(Forwarded),
+    Resp(RespBatch),
     /// A new cluster view, from shard 0.
     View(Arc<ClusterView>),
     /// The nodes the failure detector now holds down, from shard 0.
@@ -504,15 +522,23 @@ impl Shard {
     /// other replica is receiving it: a request for it involves no one
     /// else. `None` also for a key over the limit or while forming.
     pub(crate) fn sole_replica_of(&self, key: &[u8]) -> Option<u32> {
+        let (partition, shard) = self.sole_local_replica(key)?;
+        (shard == self.id).then_some(partition)
+    }
+
+    /// The partition of `key` and the shard of this node that is its only
+    /// replica, if one is and no other replica is receiving it.
+    pub(crate) fn sole_local_replica(&self, key: &[u8]) -> Option<(u32, usize)> {
         if key.len() > self.config.key_max_bytes {
             return None;
         }
         let view = self.view.borrow();
         let partition = self.q.partition_of(key);
         match view.primaries(partition) {
-            [only] if only.node == self.me && usize::from(only.shard) == self.id && !view.is_forming() => {
-                view.incoming(partition).is_empty().then_some(partition)
-            }
+            [only] if only.node == self.me && !view.is_forming() => view
+                .incoming(partition)
+                .is_empty()
+                .then_some((partition, usize::from(only.shard))),
             _ => None,
         }
     }
@@ -650,6 +676,7 @@ impl Shard {
                             }
                         }
                         ShardMsg::Request(req) => shard.serve_forwarded(req).await,
+                        ShardMsg::Resp(batch) => crate::server::resp::serve_forwarded(&shard, batch).await,
                     }
                 }
             })
