@@ -66,78 +66,196 @@ fn fate_of(st: &State, segment: u32, offset: u64, view: &RecordView<'_>) -> Fate
     }
 }
 
+/// A live record compaction must copy: partition, key, offset and length.
+type LiveRecord = (u32, Vec<u8>, u64, usize);
+
+/// The live records of segment `id`, read
+/// from the keydir, in file order, when that beats probing the keydir once
+/// per record of a scan: the keydir is not much larger than the segment,
+/// and the segment holds no tombstone (a dead tombstone that may still
+/// shadow an older record is found only by a scan). Under steady
+/// overwrites most of a sealed segment is dead, and the scan's probe of
+/// each dead record was most of compaction's CPU.
+fn live_from_keydir(st: &State, id: u32) -> Option<Vec<LiveRecord>> {
+    const KEYS_PER_RECORD_MAX: u64 = 4;
+    let segment = &st.segments[&id];
+    let worth_it =
+        segment.tombstones == 0 && st.keydir.key_count() <= segment.records.saturating_mul(KEYS_PER_RECORD_MAX);
+    worth_it.then(|| {
+        let mut live: Vec<_> = st
+            .keydir
+            .in_segment(id)
+            .map(|(partition, key, entry)| (partition, key.to_vec(), u64::from(entry.offset), entry.record_bytes()))
+            .collect();
+        live.sort_unstable_by_key(|&(_, _, offset, _)| offset);
+        live
+    })
+}
+
+/// Appends a copy of segment `id`'s record at `offset` to the head of the
+/// log; if it is still its key's newest (`live`), repoints the key.
+async fn copy_record(inner: &Rc<Inner>, id: u32, offset: u64, view: &RecordView<'_>, live: bool) -> Result<()> {
+    let header = view.header;
+    let (partition, key, value) = (header.partition, view.key, view.value);
+    let bytes = view.record_bytes();
+    let repoint = |st: &mut State, _: &_, at: Appended| {
+        st.segments
+            .get_mut(&at.segment)
+            .expect("the active segment is registered")
+            .note_record(bytes, header.seq, header.flags & FLAG_TOMBSTONE != 0);
+        let from = (id, offset as u32);
+        let moved = live
+            .then(|| st.keydir.relocate(partition, key, from, (at.segment, at.offset)))
+            .flatten();
+        // The copy is dead if the key moved on meanwhile; the original is
+        // dead either way.
+        match moved {
+            None => st.mark_dead(at.segment, bytes),
+            Some(cache_slot) => {
+                st.mark_dead(id, bytes);
+                st.cache.relocate(cache_slot, from, (at.segment, at.offset));
+            }
+        }
+        st.counters.compaction_bytes_copied += bytes as u64;
+    };
+    inner
+        .append_with(|st| st.check_writable().map(|_| header), key, value, repoint)
+        .await?;
+    Ok(())
+}
+
+/// Between two records: let requests run, and keep the hint queue short
+/// (compaction's own copies are appends too) while a long compaction holds
+/// the background task.
+async fn pause(inner: &Rc<Inner>) {
+    glommio::yield_if_needed().await;
+    if inner.state.borrow().hints.backlogged() {
+        if let Err(err) = stream_hints(inner).await {
+            tracing::warn!(dir = %inner.config.dir.display(), "streaming a hint file failed: {err}");
+        }
+    }
+}
+
+/// Bytes compaction reads from a segment at a time when it reads only
+/// where the keydir says live records are.
+const SPARSE_READ_BYTES: usize = 1 << 20;
+
+/// Copies the live records `live` names out of segment `id`, reading the
+/// segment in chunks, and only the chunks that hold one. Returns false if a
+/// record could not be read back as the keydir describes it (the segment
+/// is then kept, and the error logged).
+async fn copy_from_keydir(
+    inner: &Rc<Inner>,
+    id: u32,
+    file: &glommio::io::DmaFile,
+    live: Vec<LiveRecord>,
+    report: &mut CompactionReport,
+) -> Result<bool> {
+    let mut chunk: Option<(u64, glommio::io::ReadResult)> = None;
+    for (partition, key, offset, bytes) in live {
+        if inner.state.borrow().closing {
+            return Ok(true);
+        }
+        let still_here = matches!(
+            inner.state.borrow().keydir.get(partition, &key),
+            Some(entry) if entry.segment == id && u64::from(entry.offset) == offset
+        );
+        if !still_here {
+            continue;
+        }
+        let end = offset + bytes as u64;
+        if !chunk
+            .as_ref()
+            .is_some_and(|(start, read)| *start <= offset && end <= start + read.len() as u64)
+        {
+            let read = file.read_at(offset, SPARSE_READ_BYTES.max(bytes)).await.map_err(|e| {
+                EngineError::glommio("reading records to compact", segment_path(&inner.config.dir, id), e)
+            })?;
+            chunk = Some((offset, read));
+        }
+        let (start, read) = chunk.as_ref().expect("read just above");
+        let at = (offset - start) as usize;
+        let record = read.get(at..at + bytes).unwrap_or_default();
+        match crate::record::decode(record) {
+            Ok(view) if view.key == key && view.header.partition == partition => {
+                copy_record(inner, id, offset, &view, true).await?;
+                report.records_copied += 1;
+            }
+            _ => {
+                tracing::error!(
+                    segment = id,
+                    offset,
+                    "a live record does not match the keydir; keeping the segment"
+                );
+                return Ok(false);
+            }
+        }
+        pause(inner).await;
+    }
+    Ok(true)
+}
+
+/// Copies what must survive of segment `id` by scanning it whole: live
+/// records, and dead tombstones that may still shadow an older record.
+/// Returns false if part of it could not be read (corrupt ranges).
+async fn scan_and_copy(
+    inner: &Rc<Inner>,
+    id: u32,
+    file: &glommio::io::DmaFile,
+    path: &std::path::Path,
+    report: &mut CompactionReport,
+) -> Result<bool> {
+    let mut cursor = SegmentCursor::open(file, path, id, inner.config.record_max_bytes()).await?;
+    while let Some((offset, view)) = cursor.next().await? {
+        if inner.state.borrow().closing {
+            return Ok(true);
+        }
+        // Bound first: a borrow in the match's scrutinee would last through
+        // the copy's append.
+        let fate = fate_of(&inner.state.borrow(), id, offset, &view);
+        match fate {
+            Fate::Drop => {
+                if view.header.flags & FLAG_TOMBSTONE != 0 {
+                    report.tombstones_dropped += 1;
+                }
+            }
+            fate @ (Fate::CopyLive | Fate::CopyDead) => {
+                copy_record(inner, id, offset, &view, matches!(fate, Fate::CopyLive)).await?;
+                report.records_copied += 1;
+            }
+        }
+        pause(inner).await;
+    }
+    Ok(cursor.finish().corrupt.is_empty())
+}
+
 /// Rewrites segment `id` and deletes it. Returns the bytes reclaimed, or
 /// `None` if the segment had to be kept.
 async fn compact_segment(inner: &Rc<Inner>, id: u32, report: &mut CompactionReport) -> Result<()> {
     let path = segment_path(&inner.config.dir, id);
-    let (file, size_before) = {
+    let (file, size_before, from_keydir) = {
         let st = inner.state.borrow();
         let segment = &st.segments[&id];
         assert!(segment.sealed, "only sealed segments are compacted");
-        (segment.file.clone(), segment.record_bytes)
+        (segment.file.clone(), segment.record_bytes, live_from_keydir(&st, id))
     };
-    let mut cursor = SegmentCursor::open(&file, &path, id, inner.config.record_max_bytes()).await?;
-    while let Some((offset, view)) = cursor.next().await? {
-        if inner.state.borrow().closing {
-            return Ok(());
-        }
-        let fate = fate_of(&inner.state.borrow(), id, offset, &view);
-        let header = view.header;
-        match fate {
-            Fate::Drop => {
-                if header.flags & FLAG_TOMBSTONE != 0 {
-                    report.tombstones_dropped += 1;
-                }
-            }
-            Fate::CopyLive | Fate::CopyDead => {
-                let live = matches!(fate, Fate::CopyLive);
-                let (partition, key, value) = (header.partition, view.key, view.value);
-                let bytes = view.record_bytes();
-                let repoint = |st: &mut State, _: &_, at: Appended| {
-                    st.segments
-                        .get_mut(&at.segment)
-                        .expect("the active segment is registered")
-                        .note_record(bytes, header.seq);
-                    let from = (id, offset as u32);
-                    let moved = live
-                        .then(|| st.keydir.relocate(partition, key, from, (at.segment, at.offset)))
-                        .flatten();
-                    // The copy is dead if the key moved on meanwhile; the
-                    // original is dead either way.
-                    match moved {
-                        None => st.mark_dead(at.segment, bytes),
-                        Some(cache_slot) => {
-                            st.mark_dead(id, bytes);
-                            st.cache.relocate(cache_slot, from, (at.segment, at.offset));
-                        }
-                    }
-                    st.counters.compaction_bytes_copied += bytes as u64;
-                };
-                inner
-                    .append_with(|st| st.check_writable().map(|_| header), key, value, repoint)
-                    .await?;
-                report.records_copied += 1;
-            }
-        }
-        glommio::yield_if_needed().await;
-        if inner.state.borrow().hints.backlogged() {
-            // Compaction's own copies are appends too: keep the queue
-            // short while a long compaction holds the background task.
-            if let Err(err) = stream_hints(inner).await {
-                tracing::warn!(dir = %inner.config.dir.display(), "streaming a hint file failed: {err}");
-            }
-        }
+    let by_keydir = from_keydir.is_some();
+    let intact = match from_keydir {
+        Some(live) => copy_from_keydir(inner, id, &file, live, report).await?,
+        None => scan_and_copy(inner, id, &file, &path, report).await?,
+    };
+    if inner.state.borrow().closing {
+        return Ok(());
     }
-    let scan = cursor.finish();
     inner.sync_all().await?;
     let segment = {
         let mut st = inner.state.borrow_mut();
         let segment = &st.segments[&id];
-        if segment.dead_bytes < segment.record_bytes || !scan.corrupt.is_empty() {
+        if segment.dead_bytes < segment.record_bytes || !intact {
             tracing::error!(
                 segment = id,
                 live_bytes = segment.record_bytes - segment.dead_bytes,
-                corrupt_ranges = scan.corrupt.len(),
+                intact,
                 "segment still holds live data after compaction; keeping it"
             );
             report.segments_kept += 1;
@@ -145,6 +263,7 @@ async fn compact_segment(inner: &Rc<Inner>, id: u32, report: &mut CompactionRepo
         }
         st.cache.forget_segment(id);
         st.counters.segments_compacted += 1;
+        st.counters.segments_compacted_from_keydir += u64::from(by_keydir);
         st.segments.remove(&id).expect("present above")
     };
     let remove_error = |e| EngineError::glommio("removing compacted segment", &path, e);

@@ -137,7 +137,7 @@ impl State {
         self.segments
             .get_mut(&at.segment)
             .expect("the active segment is registered")
-            .note_record(bytes, header.seq);
+            .note_record(bytes, header.seq, header.flags & record::FLAG_TOMBSTONE != 0);
         let entry = KeyEntry::at(header, at.segment, at.offset);
         // A tombstone's value is its causal context, which reads get from
         // the record itself; only live values are worth caching.

@@ -104,6 +104,18 @@ impl Keydir {
         self.partitions.get(&partition)
     }
 
+    /// Every key whose newest record lies in `segment`: (partition, key,
+    /// entry). Walks the whole keydir.
+    pub(crate) fn in_segment(&self, segment: u32) -> impl Iterator<Item = (u32, &[u8], &KeyEntry)> + '_ {
+        self.partitions.iter().flat_map(move |(&partition, index)| {
+            index
+                .keys
+                .iter()
+                .filter(move |(_, entry)| entry.segment == segment)
+                .map(move |(key, entry)| (partition, &key[..], entry))
+        })
+    }
+
     pub(crate) fn partition_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.partitions.keys().copied()
     }

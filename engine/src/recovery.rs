@@ -121,7 +121,7 @@ impl Loader {
         self.segments
             .get_mut(&segment)
             .expect("segment registered before its records")
-            .note_record(bytes, entry.seq);
+            .note_record(bytes, entry.seq, entry.is_tombstone());
         self.seq_max = self.seq_max.max(entry.seq);
         self.report.records += 1;
         let dead = match self.keydir.apply(partition, key, entry, |_| NO_SLOT) {

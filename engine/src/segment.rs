@@ -127,6 +127,9 @@ pub(crate) struct Segment {
     /// Smallest sequence number of any record in the segment (u64::MAX if
     /// none). Compaction uses it to prove no older version of a key survives.
     pub(crate) seq_min: u64,
+    /// Records in the file, and how many of them are tombstones.
+    pub(crate) records: u64,
+    pub(crate) tombstones: u64,
     pub(crate) sealed: bool,
     pub(crate) has_hint: bool,
 }
@@ -139,14 +142,18 @@ impl Segment {
             record_bytes: 0,
             dead_bytes: 0,
             seq_min: u64::MAX,
+            records: 0,
+            tombstones: 0,
             sealed: false,
             has_hint: false,
         }
     }
 
-    pub(crate) fn note_record(&mut self, bytes: usize, seq: u64) {
+    pub(crate) fn note_record(&mut self, bytes: usize, seq: u64, tombstone: bool) {
         self.record_bytes += bytes as u64;
         self.seq_min = self.seq_min.min(seq);
+        self.records += 1;
+        self.tombstones += u64::from(tombstone);
     }
 
     pub(crate) fn dead_fraction(&self) -> f64 {

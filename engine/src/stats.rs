@@ -16,6 +16,7 @@ pub(crate) struct Counters {
     pub(crate) bytes_written: u64,
     pub(crate) segments_sealed: u64,
     pub(crate) segments_compacted: u64,
+    pub(crate) segments_compacted_from_keydir: u64,
     pub(crate) compaction_bytes_copied: u64,
     pub(crate) hints_streamed: u64,
     pub(crate) hints_scanned: u64,
@@ -56,6 +57,9 @@ pub struct EngineStats {
     pub bytes_written: u64,
     pub segments_sealed: u64,
     pub segments_compacted: u64,
+    /// Of those, segments whose few live records were found in the keydir
+    /// and read one by one instead of scanning the segment.
+    pub segments_compacted_from_keydir: u64,
     pub compaction_bytes_copied: u64,
     /// Hint files built from entries queued as their segment was appended.
     pub hints_streamed: u64,
@@ -87,6 +91,7 @@ impl EngineStats {
             bytes_written: c.bytes_written,
             segments_sealed: c.segments_sealed,
             segments_compacted: c.segments_compacted,
+            segments_compacted_from_keydir: c.segments_compacted_from_keydir,
             compaction_bytes_copied: c.compaction_bytes_copied,
             hints_streamed: c.hints_streamed,
             hints_scanned: c.hints_scanned,

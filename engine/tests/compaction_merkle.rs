@@ -48,6 +48,72 @@ fn overwrites_then_compaction_bring_disk_use_within_one_and_a_half_live() {
 }
 
 #[test]
+fn nearly_dead_segments_are_compacted_from_the_keydir_under_concurrent_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = common::seed("nearly_dead_segments_are_compacted_from_the_keydir_under_concurrent_overwrites");
+    run(async move {
+        let mut config = small_config(dir.path());
+        config.sync = dynkv_engine::SyncMode::Never;
+        let engine = Rc::new(Engine::open(config.clone()).await.unwrap());
+        // 4 writers overwrite 32 keys each, many times: every sealed
+        // segment is soon nearly all dead, holds no tombstone, and holds
+        // far more records than the keydir has keys.
+        let writers: Vec<_> = (0..4u32)
+            .map(|w| {
+                let engine = engine.clone();
+                glommio::spawn_local(async move {
+                    let mut rng = Rng(seed ^ u64::from(w));
+                    let mut last = std::collections::HashMap::new();
+                    for n in 0..6000u32 {
+                        let k = w * 100 + rng.below(32) as u32;
+                        let v = format!("w{w}-n{n}-").repeat(1 + rng.below(12) as usize);
+                        engine.put(k % 4, &k.to_le_bytes(), v.as_bytes()).await.unwrap();
+                        last.insert(k, v);
+                    }
+                    last
+                })
+            })
+            .collect();
+        let compactor = {
+            let engine = engine.clone();
+            glommio::spawn_local(async move {
+                for _ in 0..40 {
+                    engine.compact().await.unwrap();
+                    glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            })
+        };
+        let mut expected = std::collections::HashMap::new();
+        for w in writers {
+            expected.extend(w.await);
+        }
+        compactor.await;
+        let report = engine.compact().await.unwrap();
+        assert_eq!(report.segments_kept, 0, "{report:?}");
+        let stats = engine.stats();
+        assert!(
+            stats.segments_compacted_from_keydir > 0,
+            "the keydir path ran (seed {seed}): {stats:?}"
+        );
+        assert!(
+            dir_bytes(dir.path()) as f64 <= 1.5 * stats.live_bytes as f64 + (256 << 10) as f64,
+            "space reclaimed (seed {seed}): {stats:?}"
+        );
+        let check = |engine: Rc<Engine>, expected: std::collections::HashMap<u32, String>| async move {
+            for (k, v) in &expected {
+                let got = engine.get(k % 4, &k.to_le_bytes()).await.unwrap().unwrap();
+                assert_eq!(&got.value[..], v.as_bytes(), "key {k} (seed {seed})");
+            }
+        };
+        check(engine.clone(), expected.clone()).await;
+        engine.close().await.unwrap();
+        let engine = Rc::new(Engine::open(config).await.unwrap());
+        check(engine.clone(), expected).await;
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
 fn compaction_running_under_concurrent_writes_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let seed = common::seed("compaction_running_under_concurrent_writes_loses_nothing");

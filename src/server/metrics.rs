@@ -406,7 +406,7 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
         );
         let _ = writeln!(out, "dynkv_request_duration_us_count{{{}}} {cumulative}", shard(r));
     }
-    let engine: [(&str, &str, EngineGauge); 11] = [
+    let engine: [(&str, &str, EngineGauge); 12] = [
         ("dynkv_engine_keys", "Keys stored, tombstones included.", |e| e.keys),
         ("dynkv_engine_live_bytes", "Bytes of newest records.", |e| e.live_bytes),
         ("dynkv_engine_dead_bytes", "Bytes awaiting compaction.", |e| {
@@ -430,6 +430,11 @@ pub(crate) fn render(reports: &[ShardReport]) -> String {
             "dynkv_engine_segments_compacted_total",
             "Segments rewritten by compaction.",
             |e| e.segments_compacted,
+        ),
+        (
+            "dynkv_engine_segments_compacted_from_keydir_total",
+            "Of those, segments whose few live records were found in the keydir instead of by a scan.",
+            |e| e.segments_compacted_from_keydir,
         ),
         (
             "dynkv_engine_hints_streamed_total",
