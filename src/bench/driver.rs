@@ -294,12 +294,22 @@ impl Worker {
             self.send_round(lanes, &mut batch, rng).await;
         }
         let now = Instant::now();
+        let latency = now - start;
         let mut recorder = self.recorder.borrow_mut();
         let mut failed = 0;
+        // Grouped by kind, so each kind's histograms are updated once.
+        let mut seen: [Vec<Seen>; OpKind::COUNT] = Default::default();
         for op in batch {
-            let result = op.result.expect("every planned operation got a result");
-            failed += u64::from(result.is_err());
-            recorder.record(op.kind, now - start, result.map_err(|e| error_kind(&e)), now);
+            match op.result.expect("every planned operation got a result") {
+                Ok(s) => seen[op.kind as usize].push(s),
+                Err(e) => {
+                    failed += 1;
+                    recorder.record(op.kind, latency, Err(error_kind(&e)), now);
+                }
+            }
+        }
+        for kind in OpKind::ALL {
+            recorder.record_done(kind, latency, now, &seen[kind as usize]);
         }
         self.shared.count(self.plan.thread, true, count as u64 - failed);
         self.shared.count(self.plan.thread, false, failed);
@@ -309,12 +319,18 @@ impl Worker {
     /// Sends every lane's pipeline at once and files each answer in
     /// `batch`; a read-modify-write's read queues its write.
     async fn send_round(&self, lanes: &mut [Lane], batch: &mut [Planned], rng: &mut XorShiftRng) {
-        let sends = self
-            .clients
-            .iter()
-            .zip(lanes.iter_mut())
-            .map(|(client, lane)| client.pipeline(&mut lane.pipeline));
-        let answers = futures::future::join_all(sends).await;
+        let answers = match (&self.clients[..], &mut lanes[..]) {
+            // One node: no join to poll through.
+            ([client], [lane]) => vec![client.pipeline(&mut lane.pipeline).await],
+            _ => {
+                let sends = self
+                    .clients
+                    .iter()
+                    .zip(lanes.iter_mut())
+                    .map(|(client, lane)| client.pipeline(&mut lane.pipeline));
+                futures::future::join_all(sends).await
+            }
+        };
         let overwrite = self.overwrite();
         for (lane, answers) in lanes.iter_mut().zip(answers) {
             let planned = std::mem::take(&mut lane.planned);

@@ -61,18 +61,31 @@ impl Recorder {
     /// Records one operation that ended `at`, `latency` after it was due:
     /// `Ok(what a read saw)` or `Err(kind of error)`.
     pub(crate) fn record(&mut self, kind: OpKind, latency: Duration, result: Result<Seen, String>, at: Instant) {
-        let us = (latency.as_micros().min(u128::from(LATENCY_MAX_US)) as u64).max(1);
         match result {
-            Ok(seen) => {
-                self.latency.entry(kind).or_insert_with(histogram).saturating_record(us);
-                self.sibling_reads += u64::from(seen == Seen::Siblings);
-                self.misses += u64::from(seen == Seen::Nothing);
-                if let Some(slot) = self.second_of(at) {
-                    slot.ops += 1;
-                    slot.latency.saturating_record(us);
-                }
-            }
+            Ok(seen) => self.record_done(kind, latency, at, &[seen]),
             Err(error) => self.record_errors(&error, 1, at),
+        }
+    }
+
+    /// Records operations of `kind` that all succeeded and ended `at`,
+    /// `latency` after they were due (a pipelined batch's), one per entry
+    /// of `seen`: a histogram update for all of them, not one each.
+    pub(crate) fn record_done(&mut self, kind: OpKind, latency: Duration, at: Instant, seen: &[Seen]) {
+        if seen.is_empty() {
+            return;
+        }
+        let n = seen.len() as u64;
+        let us = (latency.as_micros().min(u128::from(LATENCY_MAX_US)) as u64).max(1);
+        let record = |h: &mut Histogram<u64>| {
+            // Within the bounds (clamped above), so it cannot fail.
+            let _ = h.record_n(us, n);
+        };
+        record(self.latency.entry(kind).or_insert_with(histogram));
+        self.sibling_reads += seen.iter().filter(|&&s| s == Seen::Siblings).count() as u64;
+        self.misses += seen.iter().filter(|&&s| s == Seen::Nothing).count() as u64;
+        if let Some(slot) = self.second_of(at) {
+            slot.ops += n;
+            record(&mut slot.latency);
         }
     }
 

@@ -20,7 +20,8 @@ pub(crate) enum OpKind {
 }
 
 impl OpKind {
-    pub(crate) const ALL: [OpKind; 5] = [
+    pub(crate) const COUNT: usize = 5;
+    pub(crate) const ALL: [OpKind; OpKind::COUNT] = [
         OpKind::Read,
         OpKind::Update,
         OpKind::Insert,
