@@ -517,6 +517,8 @@ async fn answer_batch(shard: &Rc<Shard>, commands: &[(Vec<&[u8]>, &[u8])], forwa
     shard.counters.stamp_batch(started.elapsed());
     let mut sent = Vec::new();
     for (owner, batch) in away.into_iter().enumerate().filter(|(_, b)| b.count > 0) {
+        let forwarded = &shard.counters.forwarded;
+        forwarded.set(forwarded.get() + batch.count as u64);
         let (reply, answer) = futures::channel::oneshot::channel();
         let msg = ShardMsg::Resp(RespBatch {
             commands: batch.commands,
