@@ -112,9 +112,8 @@ fn decode_object_in(mut bytes: &[u8], owner: Option<&Bytes>) -> Result<Clock, Ob
     let mut parts = Vec::with_capacity(nodes);
     let mut siblings_total = 0usize;
     for _ in 0..nodes {
-        let node = NodeId(u64::from_le_bytes(take(r, WHAT)?));
-        let counter = u64::from_le_bytes(take(r, WHAT)?);
-        let count = usize::from(u16::from_le_bytes(take(r, WHAT)?));
+        let (node, counter, count) = take_entry_head(r)?;
+        let count = usize::from(count);
         siblings_total += count;
         if siblings_total > OBJECT_SIBLINGS_MAX {
             return Err(ObjectError::TooLarge {
@@ -125,18 +124,8 @@ fn decode_object_in(mut bytes: &[u8], owner: Option<&Bytes>) -> Result<Clock, Ob
         }
         let mut values = Vec::with_capacity(count.min(r.len() / 13));
         for _ in 0..count {
-            let timestamp_ms = u64::from_le_bytes(take(r, WHAT)?);
-            let flags = take::<1>(r, WHAT)?[0];
-            if flags & !FLAG_TOMBSTONE != 0 {
-                return Err(ObjectError::BadFlags(flags));
-            }
-            let len = u32::from_le_bytes(take(r, WHAT)?) as usize;
-            if r.len() < len {
-                return Err(ObjectError::Truncated { what: WHAT });
-            }
-            let (value, rest) = r.split_at(len);
-            *r = rest;
-            let value = if flags & FLAG_TOMBSTONE != 0 {
+            let (timestamp_ms, tombstone, value) = take_sibling(r)?;
+            let value = if tombstone {
                 if !value.is_empty() {
                     return Err(ObjectError::NotCanonical {
                         what: WHAT,
@@ -213,29 +202,16 @@ impl<'a> ObjectView<'a> {
     /// Hands every sibling to `f` in canonical order (by node, newest
     /// first); returns the bytes after the last part.
     fn walk(&self, mut f: impl FnMut(SiblingView<'a>)) -> Result<&'a [u8], ObjectError> {
-        const WHAT: &str = "object";
         let r = &mut { self.parts };
         for _ in 0..self.nodes {
-            let node = NodeId(u64::from_le_bytes(take(r, WHAT)?));
-            let counter = u64::from_le_bytes(take(r, WHAT)?);
-            let count = u16::from_le_bytes(take(r, WHAT)?);
+            let (node, counter, count) = take_entry_head(r)?;
             for age in 0..u64::from(count) {
-                let timestamp_ms = u64::from_le_bytes(take(r, WHAT)?);
-                let flags = take::<1>(r, WHAT)?[0];
-                if flags & !FLAG_TOMBSTONE != 0 {
-                    return Err(ObjectError::BadFlags(flags));
-                }
-                let len = u32::from_le_bytes(take(r, WHAT)?) as usize;
-                if r.len() < len {
-                    return Err(ObjectError::Truncated { what: WHAT });
-                }
-                let (value, rest) = r.split_at(len);
-                *r = rest;
+                let (timestamp_ms, tombstone, value) = take_sibling(r)?;
                 f(SiblingView {
                     node,
                     counter: counter.wrapping_sub(age),
                     timestamp_ms,
-                    value: (flags & FLAG_TOMBSTONE == 0).then_some(value),
+                    value: (!tombstone).then_some(value),
                 });
             }
         }
@@ -285,13 +261,9 @@ impl<'a> ObjectView<'a> {
         const CHECKED: &str = "ObjectView::parse checked every length";
         let mut r = self.parts;
         (0..self.nodes).map(move |_| {
-            let node = NodeId(u64::from_le_bytes(take(&mut r, "").expect(CHECKED)));
-            let counter = u64::from_le_bytes(take(&mut r, "").expect(CHECKED));
-            let count = u16::from_le_bytes(take(&mut r, "").expect(CHECKED));
+            let (node, counter, count) = take_entry_head(&mut r).expect(CHECKED);
             for _ in 0..count {
-                let header = take::<13>(&mut r, "").expect(CHECKED);
-                let len = u32::from_le_bytes(header[9..13].try_into().expect("4 bytes")) as usize;
-                r = &r[len..];
+                take_sibling(&mut r).expect(CHECKED);
             }
             (node, counter)
         })
@@ -411,19 +383,14 @@ impl<'a> Iterator for SiblingViews<'a> {
                 return None;
             }
             self.nodes_left -= 1;
-            self.node = NodeId(u64::from_le_bytes(take(r, "").expect(CHECKED)));
-            self.counter = u64::from_le_bytes(take(r, "").expect(CHECKED));
-            self.values_left = u16::from_le_bytes(take(r, "").expect(CHECKED));
+            (self.node, self.counter, self.values_left) = take_entry_head(r).expect(CHECKED);
         }
-        let header = take::<13>(r, "").expect(CHECKED);
-        let len = u32::from_le_bytes(header[9..13].try_into().expect("4 bytes")) as usize;
-        let (value, rest) = r.split_at(len);
-        *r = rest;
+        let (timestamp_ms, tombstone, value) = take_sibling(r).expect(CHECKED);
         let sibling = SiblingView {
             node: self.node,
             counter: self.counter,
-            timestamp_ms: u64::from_le_bytes(header[..8].try_into().expect("8 bytes")),
-            value: (header[8] & FLAG_TOMBSTONE == 0).then_some(value),
+            timestamp_ms,
+            value: (!tombstone).then_some(value),
         };
         self.values_left -= 1;
         self.counter = self.counter.wrapping_sub(1);
@@ -487,6 +454,34 @@ pub fn decode_context(mut bytes: &[u8]) -> Result<Option<VersionVector>, ObjectE
         pairs.push((node, counter));
     }
     Ok(Some(VersionVector::from_pairs(pairs)))
+}
+
+/// Splits the head of an object's entry off the front: its writer, counter
+/// and number of siblings.
+fn take_entry_head(r: &mut &[u8]) -> Result<(NodeId, u64, u16), ObjectError> {
+    const WHAT: &str = "object";
+    let node = NodeId(u64::from_le_bytes(take(r, WHAT)?));
+    let counter = u64::from_le_bytes(take(r, WHAT)?);
+    let count = u16::from_le_bytes(take(r, WHAT)?);
+    Ok((node, counter, count))
+}
+
+/// Splits one sibling off the front of an object's entry: its timestamp,
+/// whether it is a tombstone, and its bytes.
+fn take_sibling<'a>(r: &mut &'a [u8]) -> Result<(u64, bool, &'a [u8]), ObjectError> {
+    const WHAT: &str = "object";
+    let timestamp_ms = u64::from_le_bytes(take(r, WHAT)?);
+    let flags = take::<1>(r, WHAT)?[0];
+    if flags & !FLAG_TOMBSTONE != 0 {
+        return Err(ObjectError::BadFlags(flags));
+    }
+    let len = u32::from_le_bytes(take(r, WHAT)?) as usize;
+    if r.len() < len {
+        return Err(ObjectError::Truncated { what: WHAT });
+    }
+    let (value, rest) = r.split_at(len);
+    *r = rest;
+    Ok((timestamp_ms, flags & FLAG_TOMBSTONE != 0, value))
 }
 
 /// Reads the format byte and the writer count both encodings start with.

@@ -429,6 +429,101 @@ fn pipelined_reads_see_earlier_writes(sync: &str) {
     assert!(node.terminate().success());
 }
 
+/// Sends pipelines of `batch` RESP SETs until the connection fails (or
+/// `rounds` pass); returns the keys whose `+OK` arrived.
+fn resp_sets_until_cut(port: u16, rounds: u32, batch: u32) -> Vec<String> {
+    let mut acked = Vec::new();
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return acked;
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for round in 0..rounds {
+        let keys: Vec<String> = (0..batch).map(|i| format!("resp-{round}-{i}")).collect();
+        let commands: Vec<Vec<String>> = keys.iter().map(|k| vec!["SET".into(), k.clone(), k.clone()]).collect();
+        if stream.write_all(&resp_commands(&commands)).is_err() {
+            return acked;
+        }
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while got.len() < keys.len() * 5 {
+            match stream.read(&mut chunk) {
+                Ok(n) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        // Each reply is "+OK\r\n"; any other reply ends the count there.
+        let oks = got.chunks_exact(5).take_while(|reply| *reply == b"+OK\r\n").count();
+        acked.extend(keys.into_iter().take(oks));
+        if oks < batch as usize {
+            return acked;
+        }
+    }
+    acked
+}
+
+#[test]
+fn sigkill_under_pipelined_writes_keeps_every_acknowledged_one_under_sync_always() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--sync", "always"]);
+    let (addr, resp_port, pid) = (node.addr(), node.ports.resp, node.pid());
+    let resp = std::thread::spawn(move || resp_sets_until_cut(resp_port, 5_000, 32));
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        // SAFETY: signalling the node we started, by PID.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    // Native: pipelines of overwrites (answered at once, once durable).
+    let native = run(async move {
+        let mut acked = Vec::new();
+        let Ok(client) = Client::connect(addr, client_options()).await else {
+            return acked;
+        };
+        let overwrite = CallOptions {
+            overwrite: true,
+            ..CallOptions::default()
+        };
+        let mut pipeline = Pipeline::new();
+        for round in 0..5_000u32 {
+            let keys: Vec<String> = (0..64).map(|i| format!("native-{round}-{i}")).collect();
+            for key in &keys {
+                pipeline.put(key.as_bytes(), key.as_bytes(), None, &overwrite);
+            }
+            let results = client.pipeline(&mut pipeline).await;
+            let all_ok = results.iter().all(Result::is_ok);
+            acked.extend(keys.into_iter().zip(results).filter(|(_, r)| r.is_ok()).map(|(k, _)| k));
+            if !all_ok {
+                break;
+            }
+        }
+        acked
+    });
+    killer.join().unwrap();
+    let resp = resp.join().unwrap();
+    let status = node.wait_exit();
+    assert!(!status.success(), "the node was killed");
+    assert!(
+        !resp.is_empty() && !native.is_empty(),
+        "writes were acknowledged before the kill"
+    );
+    let node = Node::start(dir.path(), &[]);
+    let addr = node.addr();
+    run(async move {
+        let client = Client::connect(addr, client_options()).await.unwrap();
+        let keys: Vec<&String> = resp.iter().chain(&native).collect();
+        let mut pipeline = Pipeline::new();
+        for chunk in keys.chunks(512) {
+            for key in chunk {
+                pipeline.get(key.as_bytes(), &CallOptions::default());
+            }
+            for (key, got) in chunk.iter().zip(client.pipeline(&mut pipeline).await) {
+                let values = got.unwrap().into_get_result().unwrap().values;
+                assert_eq!(values, vec![key.as_bytes().to_vec()], "acknowledged {key} lost");
+            }
+        }
+    });
+    assert!(node.terminate().success());
+}
+
 #[test]
 fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();

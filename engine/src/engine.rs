@@ -290,6 +290,18 @@ pub struct Staged {
     lsn: u64,
 }
 
+impl Staged {
+    /// The later of two staged writes of one engine: waiting for it waits
+    /// for both, since writes become durable in log order.
+    pub fn later(self, other: Staged) -> Staged {
+        if other.lsn > self.lsn {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 /// One shard's durable key-value store. Create it inside the shard's glommio
 /// executor; share it within the shard through `Rc<Engine>`.
 pub struct Engine {

@@ -83,6 +83,13 @@ pub(crate) struct GroupId {
     generation: u32,
 }
 
+/// Keeps the waker of the latest poll (cloning only if it changed).
+fn remember(waker: &mut Option<Waker>, cx: &Context<'_>) {
+    if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *waker = Some(cx.waker().clone());
+    }
+}
+
 fn request_id(index: u32, generation: u32) -> u64 {
     (u64::from(generation) << 32) | u64::from(index)
 }
@@ -254,9 +261,7 @@ impl<R> Inflight<R> {
         if group.pending == 0 {
             return Poll::Ready(());
         }
-        if !group.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            group.waker = Some(cx.waker().clone());
-        }
+        remember(&mut group.waker, cx);
         Poll::Pending
     }
 
@@ -309,9 +314,7 @@ impl<R> Inflight<R> {
         };
         match &mut slot.state {
             State::Waiting(Waiter::Caller(waker)) => {
-                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *waker = Some(cx.waker().clone());
-                }
+                remember(waker, cx);
                 Poll::Pending
             }
             State::Waiting(Waiter::Group(_)) => unreachable!("a group's requests are polled through their group"),

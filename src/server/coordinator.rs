@@ -12,6 +12,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use dynkv_engine::Staged;
 use dynkv_net::{Head, Opcode, Status, FLAG_FALLBACK};
 use dynkv_ring::{NodeId, Owner};
 use futures::channel::oneshot;
@@ -23,6 +24,15 @@ use dynkv::cluster::replica::{coordinate, WriteContext};
 use dynkv::cluster::{GetPlan, GetRound, PutPlan, PutRound, Quorum, QuorumError, Send};
 use dynkv::object::{decode_object, encode_superseding, encoded_len, object_bytes, ObjectView};
 use dynkv::version::{Clock, Sibling, VersionError};
+
+/// A write staged at once: done (and, under `sync=always`, to wait for),
+/// or why not.
+fn staged_outcome(staged: dynkv_engine::Result<Staged>) -> (Outcome, Option<Staged>) {
+    match staged {
+        Ok(staged) => (Outcome::Done, Some(staged)),
+        Err(err) => (engine_failure(err), None),
+    }
+}
 
 fn quorum_failure(err: QuorumError) -> Outcome {
     let status = match err {
@@ -133,36 +143,41 @@ impl Shard {
 
     /// A client's put or delete done at once, without a future, when it
     /// can be: this shard is the key's only replica, the key is free, its
-    /// stored version is in memory, the log has room, and the sync mode
-    /// acknowledges a write once staged. Then it is exactly what
-    /// `coordinate_put` would do. `None` (nothing was written) sends the
-    /// request the usual way. Counted like `execute`, as taking from
-    /// `started` until now.
+    /// stored version is in memory and the log has room. Then it is exactly
+    /// what `coordinate_put` would do, except for the wait for durability:
+    /// under `sync=always` the write is folded into `durable`, and the
+    /// caller must wait for it (`Engine::wait_staged`) before it answers.
+    /// `None` (nothing was written) sends the request the usual way.
+    /// Counted like `execute`; the caller stamps the latency.
     pub(crate) fn write_now(
         &self,
         op: Op,
         key: &[u8],
         sections: (&[u8], &[u8]),
         options: &RequestOptions,
+        durable: &mut Option<Staged>,
     ) -> Option<Outcome> {
-        if options.hint_for.is_some() || !self.engine.acknowledges_when_staged() {
+        if options.hint_for.is_some() {
             return None;
         }
         let partition = self.sole_replica_of(key)?;
         let (context, value) = sections;
         // An overwrite (or a delete) without a context needs no clock.
         let superseding = context.is_empty() && (options.supersede_local || op == Op::Delete);
-        if superseding {
-            if let Some(outcome) = self.supersede_now(op, partition, key, value) {
-                self.counters.record_in_batch(op, &outcome);
-                return Some(outcome);
-            }
-        }
-        // In the order `coordinate` checks: the request itself first.
-        let outcome = match self.write_request(op, context, value, options) {
-            Ok((write_context, sibling)) => self.put_now(partition, key, write_context, sibling)?,
-            Err(outcome) => outcome,
+        let fast = superseding
+            .then(|| self.supersede_now(op, partition, key, value))
+            .flatten();
+        let (outcome, staged) = match fast {
+            Some(done) => done,
+            // In the order `coordinate` checks: the request itself first.
+            None => match self.write_request(op, context, value, options) {
+                Ok((write_context, sibling)) => self.put_now(partition, key, write_context, sibling)?,
+                Err(outcome) => (outcome, None),
+            },
         };
+        if let Some(staged) = staged.filter(|_| !self.engine.acknowledges_when_staged()) {
+            *durable = Some(durable.map_or(staged, |d| d.later(staged)));
+        }
         self.counters.record_in_batch(op, &outcome);
         Some(outcome)
     }
@@ -172,7 +187,7 @@ impl Shard {
     /// place (`encode_superseding`): no clock is decoded or built. `None`,
     /// with nothing written, whenever the general path must decide: a limit
     /// or error to report, the stored object not in memory, the log full.
-    fn supersede_now(&self, op: Op, partition: u32, key: &[u8], value: &[u8]) -> Option<Outcome> {
+    fn supersede_now(&self, op: Op, partition: u32, key: &[u8], value: &[u8]) -> Option<(Outcome, Option<Staged>)> {
         let value = match op {
             Op::Put if value.len() <= self.config.value_max_bytes => Some(value),
             Op::Delete => None,
@@ -192,7 +207,7 @@ impl Shard {
         match encoded {
             Ok(Some(Some(()))) => {}
             Ok(_) => return None,
-            Err(err) => return Some(engine_failure(err)),
+            Err(err) => return Some((engine_failure(err), None)),
         }
         // Half the stored limit, as `new_version` checks.
         if object.len() > self.config.object_max_bytes() / 2 {
@@ -201,31 +216,31 @@ impl Shard {
         let staged = self
             .engine
             .put_staged_marked_now(partition, key, &object, value.is_none())?;
-        Some(match staged {
-            Ok(_) => Outcome::Done,
-            Err(err) => engine_failure(err),
-        })
+        Some(staged_outcome(staged))
     }
 
     /// `coordinate_put` on this shard alone, if nothing makes it wait.
-    fn put_now(&self, partition: u32, key: &[u8], context: WriteContext, sibling: Sibling) -> Option<Outcome> {
+    fn put_now(
+        &self,
+        partition: u32,
+        key: &[u8],
+        context: WriteContext,
+        sibling: Sibling,
+    ) -> Option<(Outcome, Option<Staged>)> {
         let _guard = self.key_locks.try_lock(key)?;
         let local = match self.stored_version_now(partition, key)? {
             Ok(clock) => clock,
-            Err(outcome) => return Some(outcome),
+            Err(outcome) => return Some((outcome, None)),
         };
         let object = match self.new_version(&local, &context, self.actor, sibling) {
             Ok(object) => object,
-            Err(outcome) => return Some(outcome),
+            Err(outcome) => return Some((outcome, None)),
         };
         let bytes = object_bytes(&object);
         let staged = self
             .engine
             .put_staged_marked_now(partition, key, &bytes, object.is_deleted())?;
-        Some(match staged {
-            Ok(_) => Outcome::Done,
-            Err(err) => engine_failure(err),
-        })
+        Some(staged_outcome(staged))
     }
 
     async fn coordinate_put(

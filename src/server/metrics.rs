@@ -48,8 +48,6 @@ pub(crate) struct ShardCounters {
     pub(crate) sync_bytes_received: Cell<u64>,
     latency: [Cell<u64>; LATENCY_BUCKETS_US.len() + 1],
     latency_sum_us: Cell<u64>,
-    /// Requests counted by `record_in_batch` awaiting their batch's stamp.
-    unstamped: Cell<u64>,
 }
 
 /// A `Send` copy of a shard's counters.
@@ -107,15 +105,13 @@ impl ShardCounters {
     /// [`ShardCounters::record_in_batch`] of a request that `failed` or not.
     pub(crate) fn count_in_batch(&self, op: Op, failed: bool) {
         self.count(op, failed);
-        self.unstamped.set(self.unstamped.get() + 1);
     }
 
-    /// Records `elapsed` as the latency of every request counted by
-    /// `record_in_batch` since the last stamp.
-    pub(crate) fn stamp_batch(&self, elapsed: Duration) {
-        let n = self.unstamped.replace(0);
-        if n > 0 {
-            self.add_latency(elapsed, n);
+    /// Records `elapsed` as the latency of `requests` a batch counted with
+    /// `record_in_batch`, once their answers are ready to leave.
+    pub(crate) fn stamp_batch(&self, elapsed: Duration, requests: u64) {
+        if requests > 0 {
+            self.add_latency(elapsed, requests);
         }
     }
 

@@ -19,6 +19,7 @@ use dynkv_net::{
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use dynkv_engine::Staged;
 use dynkv_ring::NodeId;
 
 use crate::server::auth;
@@ -147,7 +148,7 @@ fn access<'f>(frame: &Frame<'f>) -> (Access, std::iter::Once<&'f [u8]>) {
 /// Does a client's put or delete frame at once, answering into `out`, if
 /// the shard can without waiting (see `Shard::write_now`); false if it
 /// must take the usual path.
-fn write_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>) -> bool {
+fn write_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>, durable: &mut Option<Staged>) -> bool {
     let op = if frame.opcode() == Some(Opcode::Put) {
         Op::Put
     } else {
@@ -156,7 +157,7 @@ fn write_now(shard: &Shard, frame: &Frame<'_>, out: &mut Vec<u8>) -> bool {
     let Ok(options) = options(frame, Port::Client) else {
         return false;
     };
-    match shard.write_now(op, frame.key, (frame.context, frame.value), &options) {
+    match shard.write_now(op, frame.key, (frame.context, frame.value), &options, durable) {
         Some(outcome) => {
             respond(shard, out, frame, outcome, Port::Client);
             true
@@ -414,20 +415,25 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
                     shard.prefetch(frame.key);
                 }
             }
+            let started = Instant::now();
+            // Writes answered at once under `sync=always`: their answers
+            // wait for this before they leave.
+            let mut durable = None;
+            let mut answered_now = 0;
             if port == Port::Client {
                 // Requests the shard can finish without waiting need no
                 // future: answer them here, and run only the rest. None
                 // may overtake a request sent before it that runs later
                 // and touches its key.
-                let started = Instant::now();
                 let mut out = out.borrow_mut();
                 let mut later = KeyConflicts::default();
+                let before = frames.len();
                 frames.retain(|frame| {
                     let (access, key) = access(frame);
                     let done = !later.conflicts(access, key.clone())
                         && match access {
                             Access::Read => answer_now(&shard, frame, &mut out),
-                            Access::Write => write_now(&shard, frame, &mut out),
+                            Access::Write => write_now(&shard, frame, &mut out, &mut durable),
                             Access::None => false,
                         };
                     if !done {
@@ -435,7 +441,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
                     }
                     !done
                 });
-                shard.counters.stamp_batch(started.elapsed());
+                answered_now = (before - frames.len()) as u64;
             }
             // Frames that touch a key an earlier one of the batch touches
             // behave as if run in order (see `join_in_waves`).
@@ -443,6 +449,14 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream, port: Port) {
             join_in_waves(&deferred, access, |frame| handle(&shard, frame, &out, port, admin)).await;
             drop(deferred);
             drop(frames);
+            if let Some(staged) = durable {
+                // The log failed: whether those writes are durable is
+                // unknown, so they get no answer, and the connection ends.
+                if shard.engine.wait_staged(staged).await.is_err() {
+                    return;
+                }
+            }
+            shard.counters.stamp_batch(started.elapsed(), answered_now);
             let mut pending = std::mem::take(&mut *out.borrow_mut());
             if !pending.is_empty() && stream.write_all(&pending).await.is_err() {
                 return;

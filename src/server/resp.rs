@@ -13,6 +13,8 @@ use std::time::Instant;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use dynkv_engine::Staged;
+
 use crate::server::batch::{join_in_order, join_in_waves, Access, KeyConflicts};
 use crate::server::recv::RecvBuf;
 use crate::server::shard::{Op, Outcome, RequestOptions, RespBatch, RespReplies, Shard, ShardMsg};
@@ -225,12 +227,13 @@ fn access<'c>(args: &'c [&'c [u8]]) -> (Access, impl Iterator<Item = &'c [u8]> +
 }
 
 /// Does a SET at once, replying into `out`, if the shard can without
-/// waiting (see `Shard::write_now`); false if it must take the usual path.
-fn set_now(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
+/// waiting (see `Shard::write_now`; under `sync=always` the reply waits for
+/// `durable`); false if it must take the usual path.
+fn set_now(shard: &Shard, args: &[&[u8]], out: &mut Vec<u8>, durable: &mut Option<Staged>) -> bool {
     if args.len() != 3 || !args[0].eq_ignore_ascii_case(b"SET") {
         return false;
     }
-    match shard.write_now(Op::Put, args[1], (&[], args[2]), &RESP_WRITE) {
+    match shard.write_now(Op::Put, args[1], (&[], args[2]), &RESP_WRITE, durable) {
         Some(outcome) => {
             if !failure(out, &outcome) {
                 out.extend_from_slice(b"+OK\r\n");
@@ -471,6 +474,10 @@ async fn answer_batch(shard: &Rc<Shard>, commands: &[(Vec<&[u8]>, &[u8])], forwa
     }
     let started = Instant::now();
     let mut now = Vec::new();
+    // SETs answered at once under `sync=always`: their replies wait for
+    // this before they leave.
+    let mut durable = None;
+    let mut answered_now = 0;
     let mut order = Vec::with_capacity(commands.len());
     let mut later = Vec::new();
     let mut touched_later = KeyConflicts::default();
@@ -484,8 +491,9 @@ async fn answer_batch(shard: &Rc<Shard>, commands: &[(Vec<&[u8]>, &[u8])], forwa
         let begin = now.len();
         let (access, keys) = access(args);
         let free = !touched_later.conflicts(access, keys.clone());
-        if free && (get_now(shard, args, &mut now) || set_now(shard, args, &mut now)) {
+        if free && (get_now(shard, args, &mut now) || set_now(shard, args, &mut now, &mut durable)) {
             order.push(Reply::Now(begin..now.len()));
+            answered_now += 1;
             continue;
         }
         if let Some(owner) = away_owner(shard, args).filter(|_| free && forward) {
@@ -514,7 +522,6 @@ async fn answer_batch(shard: &Rc<Shard>, commands: &[(Vec<&[u8]>, &[u8])], forwa
         later.push(args);
         order.push(Reply::Later);
     }
-    shard.counters.stamp_batch(started.elapsed());
     let mut sent = Vec::new();
     for (owner, batch) in away.into_iter().enumerate().filter(|(_, b)| b.count > 0) {
         let forwarded = &shard.counters.forwarded;
@@ -550,6 +557,20 @@ async fn answer_batch(shard: &Rc<Shard>, commands: &[(Vec<&[u8]>, &[u8])], forwa
         ends: Vec::with_capacity(order.len()),
         keep_open: true,
     };
+    if let Some(staged) = durable {
+        if let Err(err) = shard.engine.wait_staged(staged).await {
+            // Whether those SETs are durable is unknown: every command of
+            // the batch is answered with the failure, and the connection
+            // ends.
+            for _ in &order {
+                error(&mut answered.bytes, &format!("ERR the log failed: {err}"));
+                answered.ends.push(answered.bytes.len());
+            }
+            answered.keep_open = false;
+            return answered;
+        }
+    }
+    shard.counters.stamp_batch(started.elapsed(), answered_now);
     if replies.is_empty() && away_replies.is_empty() {
         let mut end = 0;
         answered.ends.extend(order.iter().map(|reply| {
