@@ -292,18 +292,18 @@ pub fn encode_superseding(
     out: &mut Vec<u8>,
 ) -> Option<()> {
     let start = out.len();
-    let done = superseding(local, node, timestamp_ms, value, limits, out);
+    let done = superseding(local, (node, timestamp_ms, value), limits, out);
     if done.is_none() {
         out.truncate(start);
     }
     done
 }
 
+/// `encode_superseding` of the write (writer, timestamp, value), leaving
+/// `out` as it got so far if it gives up.
 fn superseding(
     local: Option<ObjectView<'_>>,
-    node: NodeId,
-    timestamp_ms: u64,
-    value: Option<&[u8]>,
+    (node, timestamp_ms, value): (NodeId, u64, Option<&[u8]>),
     limits: &VersionLimits,
     out: &mut Vec<u8>,
 ) -> Option<()> {

@@ -83,6 +83,19 @@ pub(crate) struct GroupId {
     generation: u32,
 }
 
+/// The index of a free entry of `items`: the most recently freed, or a new
+/// one made by `make` while there are fewer than `max`. `None` if full.
+fn take_index<T>(free: &mut Vec<u32>, items: &mut Vec<T>, max: usize, make: impl FnOnce() -> T) -> Option<u32> {
+    if let Some(index) = free.pop() {
+        return Some(index);
+    }
+    if items.len() >= max {
+        return None;
+    }
+    items.push(make());
+    Some(u32::try_from(items.len() - 1).expect("max fits in u32, asserted in Inflight::new"))
+}
+
 /// Keeps the waker of the latest poll (cloning only if it changed).
 fn remember(waker: &mut Option<Waker>, cx: &Context<'_>) {
     if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -149,18 +162,11 @@ impl<R> Inflight<R> {
         if self.closed {
             return None;
         }
-        let index = match self.free.pop() {
-            Some(index) => index,
-            None if self.slots.len() < self.slots_max => {
-                self.slots.push(Slot {
-                    generation: 1,
-                    deadline,
-                    state: State::Free,
-                });
-                u32::try_from(self.slots.len() - 1).expect("slots_max fits in u32, asserted in new")
-            }
-            None => return None,
-        };
+        let index = take_index(&mut self.free, &mut self.slots, self.slots_max, || Slot {
+            generation: 1,
+            deadline,
+            state: State::Free,
+        })?;
         let slot = &mut self.slots[index as usize];
         assert!(matches!(slot.state, State::Free), "a free-listed slot is free");
         slot.state = State::Waiting(waiter);
@@ -225,19 +231,12 @@ impl<R> Inflight<R> {
         if self.closed {
             return None;
         }
-        let index = match self.free_groups.pop() {
-            Some(index) => index,
-            None if self.groups.len() < self.slots_max => {
-                self.groups.push(Group {
-                    generation: 1,
-                    in_use: false,
-                    pending: 0,
-                    waker: None,
-                });
-                u32::try_from(self.groups.len() - 1).expect("slots_max fits in u32, asserted in new")
-            }
-            None => return None,
-        };
+        let index = take_index(&mut self.free_groups, &mut self.groups, self.slots_max, || Group {
+            generation: 1,
+            in_use: false,
+            pending: 0,
+            waker: None,
+        })?;
         let group = &mut self.groups[index as usize];
         debug_assert!(!group.in_use && group.pending == 0);
         group.in_use = true;
