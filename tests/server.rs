@@ -333,6 +333,47 @@ fn redis_cli_speaks_to_the_resp_port() {
     assert!(node.terminate().success());
 }
 
+#[test]
+fn nothing_pipelined_after_quit_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let cmd = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    // Keys on both shards, before and after the QUIT.
+    let before: Vec<String> = (0..8).map(|i| format!("before-quit-{i}")).collect();
+    let after: Vec<String> = (0..8).map(|i| format!("after-quit-{i}")).collect();
+    let mut batch: Vec<Vec<String>> = before.iter().map(|k| cmd(&["SET", k, "v"])).collect();
+    batch.push(cmd(&["QUIT"]));
+    batch.extend(after.iter().map(|k| cmd(&["SET", k, "v"])));
+    let mut stream = TcpStream::connect(("127.0.0.1", node.ports.resp)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(&resp_commands(&batch)).unwrap();
+    let mut replies = Vec::new();
+    stream.read_to_end(&mut replies).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&replies),
+        "+OK\r\n".repeat(before.len() + 1),
+        "every SET before QUIT and QUIT answered, then the connection closed"
+    );
+    let addr = node.addr();
+    run(async move {
+        let client = Client::connect(addr, client_options()).await.unwrap();
+        for key in &before {
+            assert_eq!(
+                client.get(key.as_bytes()).await.unwrap().values,
+                vec![b"v".to_vec()],
+                "{key}"
+            );
+        }
+        for key in &after {
+            assert!(
+                client.get(key.as_bytes()).await.unwrap().values.is_empty(),
+                "{key} ran after QUIT"
+            );
+        }
+    });
+    assert!(node.terminate().success());
+}
+
 /// RESP commands as one array each, concatenated.
 fn resp_commands(commands: &[Vec<String>]) -> Vec<u8> {
     let mut wire = Vec::new();

@@ -488,6 +488,13 @@ async fn answer_batch(shard: &Rc<Shard>, commands: &[(Vec<&[u8]>, &[u8])], forwa
     let mut touched_away: Option<KeyConflicts> = None;
     let mut later_waits_for_away = false;
     for (args, raw) in commands {
+        if args.first().is_some_and(|name| name.eq_ignore_ascii_case(b"QUIT")) {
+            // As in Redis, nothing after QUIT runs: the connection closes
+            // once it is answered.
+            later.push(args);
+            order.push(Reply::Later);
+            break;
+        }
         let begin = now.len();
         let (access, keys) = access(args);
         let free = !touched_later.conflicts(access, keys.clone());
