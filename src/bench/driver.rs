@@ -212,6 +212,17 @@ impl Worker {
         }
     }
 
+    /// How a read-modify-write writes back after a read that returned
+    /// `context`: with it, superseding what the read saw; without one (the
+    /// key was never written), as an overwrite.
+    fn write_back<'c>(&self, context: &'c [u8]) -> (Option<&'c [u8]>, CallOptions) {
+        if context.is_empty() {
+            (None, self.overwrite())
+        } else {
+            (Some(context), self.plan.write)
+        }
+    }
+
     /// The key of an operation of `kind`: an insert takes the next fresh
     /// key (returned too), every other kind picks one.
     fn key_for(&self, kind: OpKind, rng: &mut XorShiftRng) -> (KeyName, Option<u64>) {
@@ -250,12 +261,7 @@ impl Worker {
             }
             OpKind::ReadModifyWrite => {
                 let got = client.get_with(key, &self.plan.read).await?;
-                let call = if got.context.is_empty() {
-                    overwrite
-                } else {
-                    self.plan.write
-                };
-                let context = (!got.context.is_empty()).then_some(&got.context[..]);
+                let (context, call) = self.write_back(&got.context);
                 client.put_with(key, value, context, &call).await?;
                 Ok(seen(got.values.len()))
             }
@@ -331,7 +337,6 @@ impl Worker {
                 futures::future::join_all(sends).await
             }
         };
-        let overwrite = self.overwrite();
         for (lane, answers) in lanes.iter_mut().zip(answers) {
             let planned = std::mem::take(&mut lane.planned);
             for (&index, answer) in planned.iter().zip(answers) {
@@ -349,12 +354,8 @@ impl Worker {
                         Ok(seen) => {
                             op.read = Some(seen);
                             let value = &self.values[..self.plan.value_size.pick(rng)];
-                            let (context, call) = if response.context.is_empty() {
-                                (None, &overwrite)
-                            } else {
-                                (Some(&response.context[..]), &self.plan.write)
-                            };
-                            lane.pipeline.put(op.key.as_bytes(), value, context, call);
+                            let (context, call) = self.write_back(&response.context);
+                            lane.pipeline.put(op.key.as_bytes(), value, context, &call);
                             lane.planned.push(index);
                             None
                         }

@@ -99,12 +99,7 @@ impl ShardCounters {
     /// all (a read per request was 5% of a shard's CPU under pipelined
     /// reads).
     pub(crate) fn record_in_batch(&self, op: Op, outcome: &Outcome) {
-        self.count_in_batch(op, matches!(outcome, Outcome::Failed(..)));
-    }
-
-    /// [`ShardCounters::record_in_batch`] of a request that `failed` or not.
-    pub(crate) fn count_in_batch(&self, op: Op, failed: bool) {
-        self.count(op, failed);
+        self.count(op, matches!(outcome, Outcome::Failed(..)));
     }
 
     /// Records `elapsed` as the latency of `requests` a batch counted with
@@ -115,7 +110,9 @@ impl ShardCounters {
         }
     }
 
-    fn count(&self, op: Op, failed: bool) {
+    /// Counts a request of `op` that `failed` or not, without its latency
+    /// (`record_in_batch` of a request whose outcome is not an `Outcome`).
+    pub(crate) fn count(&self, op: Op, failed: bool) {
         let bump = |c: &Cell<u64>| c.set(c.get() + 1);
         bump(&self.ops[op as usize]);
         if failed {

@@ -574,7 +574,7 @@ impl Shard {
             Ok(_) => return None,
             Err(err) => Err(engine_failure(err)),
         };
-        self.counters.count_in_batch(Op::Get, answered.is_err());
+        self.counters.count(Op::Get, answered.is_err());
         Some(answered)
     }
 
