@@ -24,10 +24,20 @@ enum Strategy {
     Fallback,
 }
 
+/// dynkv patch: see `STRATEGY`.
+const DYNKV_FENCES_ONLY: bool = true;
+
 lazy_static! {
     /// The right strategy to use on the current machine.
     static ref STRATEGY: Strategy = {
-        if syscall::is_supported() {
+        // dynkv patch: SeqCst fences on both sides. The sleeper's side
+        // (`heavy`, once per sleep) was a membarrier system call, which
+        // interrupts every other CPU running the process with an IPI: on a
+        // VM, a VM exit on each. The waker's side (`SleepNotifier::notify`)
+        // is a fence and a compare-and-swap either way.
+        if DYNKV_FENCES_ONLY {
+            Strategy::Fallback
+        } else if syscall::is_supported() {
             Strategy::Membarrier
         } else if mprotect::is_supported() {
             Strategy::Mprotect

@@ -306,6 +306,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // dynkv patch: the waker's half of the Dekker pair whose other half
+        // is the fence in `Reactor::wait` (`membarrier::heavy`): what was
+        // sent is visible before `should_notify` is read.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

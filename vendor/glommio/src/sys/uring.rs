@@ -452,12 +452,21 @@ fn transmute_error(res: io::Result<u32>) -> io::Result<usize> {
         })
 }
 
+/// dynkv patch: whether a source's latency stats are collected. Only then
+/// are its queue, submit and fulfil times read from the clock, which is a
+/// `clock_gettime` per I/O otherwise thrown away.
+fn wants_latency(src: &InnerSource) -> bool {
+    src.stats_collection.and_then(|x| x.latency).is_some()
+}
+
 fn record_stats<Ring: UringCommon>(
     ring: &mut Ring,
     src: &mut InnerSource,
     res: &io::Result<usize>,
 ) {
-    src.wakers.fulfilled_at = Some(Instant::now());
+    if wants_latency(src) {
+        src.wakers.fulfilled_at = Some(Instant::now());
+    }
     if let Some(fulfilled) = src.stats_collection.and_then(|x| x.fulfilled) {
         fulfilled(res, ring.io_stats_mut(), 1);
         if let Some(handle) = src.task_queue {
@@ -503,7 +512,7 @@ fn extract_one_chain(
     source_map: &mut SourceMap,
     queue: &mut VecDeque<UringDescriptor>,
     chain: Range<usize>,
-    now: Instant,
+    now: &mut Option<Instant>,
 ) -> SmallVec<[UringDescriptor; 1]> {
     queue
         .drain(chain)
@@ -511,7 +520,9 @@ fn extract_one_chain(
             if op.user_data > 0 {
                 let id = from_user_data(op.user_data);
                 let status = source_map.peek_source_mut(from_user_data(op.user_data), |mut x| {
-                    x.wakers.submitted_at = Some(now);
+                    if wants_latency(&x) {
+                        x.wakers.submitted_at = Some(*now.get_or_insert_with(Instant::now));
+                    }
                     let current = x.enqueued.as_mut().expect("bug");
                     match current.status {
                         EnqueuedStatus::Enqueued => {
@@ -855,11 +866,13 @@ impl UringCommon for PollRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-        let now = Instant::now();
+        // dynkv patch: the clock is read only for sources that collect
+        // latency stats (see `extract_one_chain`).
+        let mut now = None;
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
-                let ops = extract_one_chain(source_map, queue, chain, now);
+                let ops = extract_one_chain(source_map, queue, chain, &mut now);
                 if ops.is_empty() {
                     // all the sources in the ring were cancelled
                     continue;
@@ -1203,11 +1216,13 @@ impl UringCommon for SleepableRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-        let now = Instant::now();
+        // dynkv patch: the clock is read only for sources that collect
+        // latency stats (see `extract_one_chain`).
+        let mut now = None;
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
-                let ops = extract_one_chain(source_map, queue, chain, now);
+                let ops = extract_one_chain(source_map, queue, chain, &mut now);
                 if ops.is_empty() {
                     // all the sources in the ring were cancelled
                     continue;
@@ -1238,6 +1253,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// dynkv patch: when the preempt timer in `latency_preemption_timeout_src`
+    /// fires, if it is one (not a user timer armed for a sleep).
+    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1369,6 +1387,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1836,16 +1855,44 @@ impl Reactor {
         //
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        //
+        // dynkv patch: except a preempt timer that is still armed and would
+        // fire in the second half of the slice a fresh one would give. The
+        // executor comes here before it runs its task queues, every pass, so
+        // re-arming cost a timeout and a cancellation in the kernel per pass
+        // (per request on a lightly loaded server). Kept, the slice is at
+        // least half the preempt time, and the timer is re-armed at most
+        // once per half of it.
+        let mut kept_preempt_timer = None;
+        if let (Some(timer), Some(deadline), Some(preempt)) = (
+            self.latency_preemption_timeout_src.take(),
+            self.latency_preemption_deadline.take(),
+            preempt_timer(),
+        ) {
+            if timer.result().is_none() && deadline >= Instant::now() + preempt / 2 {
+                kept_preempt_timer = Some((timer, deadline));
+            }
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
+        //
+        // dynkv patch: a timer still armed is kept. It counts completions
+        // from when it was armed, so it fires sooner than a fresh one would:
+        // an early preemption at worst. Re-arming it on every pass cost a
+        // timeout, a linked write and a cancellation in the kernel each time
+        // the executor went around, which is per request on an idle server.
+        let armed = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|timer| timer.result().is_none());
+        let timer = armed.unwrap_or_else(|| {
             main_ring.prepare_throughput_preemption_timer(
                 self.ring_depth() as u32,
                 self.eventfd_src.raw(),
-            ),
-        ));
+            )
+        });
+        self.throughput_preemption_timeout_src.replace(Some(timer));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1896,8 +1943,15 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            let (timer, deadline) = match kept_preempt_timer {
+                Some(kept) => kept,
+                None => (
+                    lat_ring.prepare_latency_preemption_timer(preempt),
+                    Instant::now() + preempt,
+                ),
+            };
+            self.latency_preemption_timeout_src.set(Some(timer));
+            self.latency_preemption_deadline.set(Some(deadline));
             flush_rings!(lat_ring, main_ring)?;
         }
 
@@ -2013,7 +2067,12 @@ fn queue_request_into_ring(
     descriptor: UringOpDescriptor,
     source_map: &mut SourceMap,
 ) {
-    source.inner.borrow_mut().wakers.queued_at = Some(Instant::now());
+    {
+        let mut inner = source.inner.borrow_mut();
+        if wants_latency(&inner) {
+            inner.wakers.queued_at = Some(Instant::now());
+        }
+    }
     let q = ring.submission_queue();
     let id = source_map.add_source(source, Rc::clone(&q));
 
