@@ -64,8 +64,11 @@ pub struct EngineConfig {
     pub value_len_max_bytes: usize,
     /// Bytes of values kept in the read cache.
     pub cache_capacity_bytes: u64,
-    /// A sealed segment whose dead bytes reach this fraction of its size is
-    /// compacted in the background.
+    /// A sealed segment whose dead bytes reach this fraction of its size may
+    /// be compacted. [`crate::Engine::compact`] rewrites every such segment;
+    /// the background task waits until dead bytes are this fraction of the
+    /// whole store's, then rewrites the deadest first (and any segment 80%
+    /// dead at once), which bounds disk use the same way at far less copying.
     pub compaction_dead_fraction: f64,
     /// How often the background compactor looks for work.
     pub compaction_interval: Duration,
