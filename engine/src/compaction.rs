@@ -156,13 +156,10 @@ async fn copy_from_keydir(
         if inner.state.borrow().closing {
             return Ok(true);
         }
-        let still_here = matches!(
-            inner.state.borrow().keydir.get(partition, &key),
-            Some(entry) if entry.segment == id && u64::from(entry.offset) == offset
-        );
-        if !still_here {
-            continue;
-        }
+        // Not looked up again here: a key that moved on since the walk is
+        // rare, and `copy_record` repoints a key only if it still names
+        // this record (else the copy is dead at once). The lookup, a cache
+        // miss per record, was a third of compaction's CPU.
         let end = offset + bytes as u64;
         if !chunk
             .as_ref()
