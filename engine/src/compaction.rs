@@ -69,27 +69,49 @@ fn fate_of(st: &State, segment: u32, offset: u64, view: &RecordView<'_>) -> Fate
 /// A live record compaction must copy: partition, key, offset and length.
 type LiveRecord = (u32, Vec<u8>, u64, usize);
 
-/// The live records of segment `id`, read
-/// from the keydir, in file order, when that beats probing the keydir once
-/// per record of a scan: the keydir is not much larger than the segment,
-/// and the segment holds no tombstone (a dead tombstone that may still
-/// shadow an older record is found only by a scan). Under steady
+/// Whether the live records of segment `id` are best found from the
+/// keydir (`live_from_keydir`) rather than by scanning the segment and
+/// probing the keydir once per record: the keydir is not much larger than
+/// the segment, and the segment holds no tombstone (a dead tombstone that
+/// may still shadow an older record is found only by a scan). Under steady
 /// overwrites most of a sealed segment is dead, and the scan's probe of
 /// each dead record was most of compaction's CPU.
-fn live_from_keydir(st: &State, id: u32) -> Option<Vec<LiveRecord>> {
+fn keydir_walk_pays(st: &State, id: u32) -> bool {
     const KEYS_PER_RECORD_MAX: u64 = 4;
     let segment = &st.segments[&id];
-    let worth_it =
-        segment.tombstones == 0 && st.keydir.key_count() <= segment.records.saturating_mul(KEYS_PER_RECORD_MAX);
-    worth_it.then(|| {
-        let mut live: Vec<_> = st
-            .keydir
-            .in_segment(id)
-            .map(|(partition, key, entry)| (partition, key.to_vec(), u64::from(entry.offset), entry.record_bytes()))
-            .collect();
-        live.sort_unstable_by_key(|&(_, _, offset, _)| offset);
-        live
-    })
+    segment.tombstones == 0 && st.keydir.key_count() <= segment.records.saturating_mul(KEYS_PER_RECORD_MAX)
+}
+
+/// The live records of sealed segment `id`, from one walk of the keydir,
+/// grouped by the `SPARSE_READ_BYTES` chunk of the segment they lie in
+/// (each group in no order; `copy_from_keydir` sorts one at a time).
+///
+/// The walk yields between partitions: walking half a million keys in one
+/// go stalled the shard for tens of milliseconds. While it yields, keys
+/// may move out of the segment (overwritten), never into it (it is
+/// sealed), so what it finds is every record still live at its end, and
+/// perhaps some that died meanwhile, which `copy_record` copies as dead.
+async fn live_from_keydir(inner: &Inner, id: u32) -> Vec<Vec<LiveRecord>> {
+    let partitions: Vec<u32> = inner.state.borrow().keydir.partition_ids().collect();
+    let mut chunks: Vec<Vec<LiveRecord>> = Vec::new();
+    for partition in partitions {
+        {
+            let st = inner.state.borrow();
+            if st.closing {
+                break;
+            }
+            for (key, entry) in st.keydir.in_segment(partition, id) {
+                let offset = u64::from(entry.offset);
+                let chunk = (offset / SPARSE_READ_BYTES as u64) as usize;
+                if chunks.len() <= chunk {
+                    chunks.resize_with(chunk + 1, Vec::new);
+                }
+                chunks[chunk].push((partition, key.to_vec(), offset, entry.record_bytes()));
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+    chunks
 }
 
 /// Appends a copy of segment `id`'s record at `offset` to the head of the
@@ -148,46 +170,49 @@ async fn copy_from_keydir(
     inner: &Rc<Inner>,
     id: u32,
     file: &glommio::io::DmaFile,
-    live: Vec<LiveRecord>,
+    chunks: Vec<Vec<LiveRecord>>,
     report: &mut CompactionReport,
 ) -> Result<bool> {
-    let mut chunk: Option<(u64, glommio::io::ReadResult)> = None;
-    for (partition, key, offset, bytes) in live {
-        if inner.state.borrow().closing {
-            return Ok(true);
-        }
-        // Not looked up again here: a key that moved on since the walk is
-        // rare, and `copy_record` repoints a key only if it still names
-        // this record (else the copy is dead at once). The lookup, a cache
-        // miss per record, was a third of compaction's CPU.
-        let end = offset + bytes as u64;
-        if !chunk
-            .as_ref()
-            .is_some_and(|(start, read)| *start <= offset && end <= start + read.len() as u64)
-        {
-            let read = file.read_at(offset, SPARSE_READ_BYTES.max(bytes)).await.map_err(|e| {
-                EngineError::glommio("reading records to compact", segment_path(&inner.config.dir, id), e)
-            })?;
-            chunk = Some((offset, read));
-        }
-        let (start, read) = chunk.as_ref().expect("read just above");
-        let at = (offset - start) as usize;
-        let record = read.get(at..at + bytes).unwrap_or_default();
-        match crate::record::decode(record) {
-            Ok(view) if view.key == key && view.header.partition == partition => {
-                copy_record(inner, id, offset, &view, true).await?;
-                report.records_copied += 1;
+    let mut read: Option<(u64, glommio::io::ReadResult)> = None;
+    for mut live in chunks {
+        // File order within the chunk: one read covers most of it.
+        live.sort_unstable_by_key(|&(_, _, offset, _)| offset);
+        for (partition, key, offset, bytes) in live {
+            if inner.state.borrow().closing {
+                return Ok(true);
             }
-            _ => {
-                tracing::error!(
-                    segment = id,
-                    offset,
-                    "a live record does not match the keydir; keeping the segment"
-                );
-                return Ok(false);
+            // Not looked up again here: a key that moved on since the walk
+            // is rare, and `copy_record` repoints a key only if it still
+            // names this record (else the copy is dead at once).
+            let end = offset + bytes as u64;
+            if !read
+                .as_ref()
+                .is_some_and(|(start, r)| *start <= offset && end <= start + r.len() as u64)
+            {
+                let r = file.read_at(offset, SPARSE_READ_BYTES.max(bytes)).await.map_err(|e| {
+                    EngineError::glommio("reading records to compact", segment_path(&inner.config.dir, id), e)
+                })?;
+                read = Some((offset, r));
             }
+            let (start, r) = read.as_ref().expect("read just above");
+            let at = (offset - start) as usize;
+            let record = r.get(at..at + bytes).unwrap_or_default();
+            match crate::record::decode(record) {
+                Ok(view) if view.key == key && view.header.partition == partition => {
+                    copy_record(inner, id, offset, &view, true).await?;
+                    report.records_copied += 1;
+                }
+                _ => {
+                    tracing::error!(
+                        segment = id,
+                        offset,
+                        "a live record does not match the keydir; keeping the segment"
+                    );
+                    return Ok(false);
+                }
+            }
+            pause(inner).await;
         }
-        pause(inner).await;
     }
     Ok(true)
 }
@@ -230,16 +255,17 @@ async fn scan_and_copy(
 /// `None` if the segment had to be kept.
 async fn compact_segment(inner: &Rc<Inner>, id: u32, report: &mut CompactionReport) -> Result<()> {
     let path = segment_path(&inner.config.dir, id);
-    let (file, size_before, from_keydir) = {
+    let (file, size_before, by_keydir) = {
         let st = inner.state.borrow();
         let segment = &st.segments[&id];
         assert!(segment.sealed, "only sealed segments are compacted");
-        (segment.file.clone(), segment.record_bytes, live_from_keydir(&st, id))
+        (segment.file.clone(), segment.record_bytes, keydir_walk_pays(&st, id))
     };
-    let by_keydir = from_keydir.is_some();
-    let intact = match from_keydir {
-        Some(live) => copy_from_keydir(inner, id, &file, live, report).await?,
-        None => scan_and_copy(inner, id, &file, &path, report).await?,
+    let intact = if by_keydir {
+        let live = live_from_keydir(inner, id).await;
+        copy_from_keydir(inner, id, &file, live, report).await?
+    } else {
+        scan_and_copy(inner, id, &file, &path, report).await?
     };
     if inner.state.borrow().closing {
         return Ok(());

@@ -95,6 +95,12 @@ pub(crate) struct State {
     pub(crate) cache: ReadCache,
     pub(crate) next_seq: u64,
     pub(crate) next_segment_id: u32,
+    /// The segment the next roll switches to, made ahead of time by
+    /// `flush::run_preparer` (header written and synced, name durable), so
+    /// that a roll waits for one sync, not three.
+    pub(crate) next_writer: Option<LogWriter>,
+    /// `run_preparer` is making `next_writer`.
+    pub(crate) preparing: bool,
     /// A put found the segment full: the flusher must seal it.
     pub(crate) roll_requested: bool,
     /// A put found the buffer full: the flusher should write now.
@@ -170,6 +176,9 @@ pub(crate) struct Inner {
     pub(crate) work: Signal,
     /// Wakes the background task (hints, compaction).
     pub(crate) background: Signal,
+    /// Wakes the preparer (a roll took `next_writer`, or closing), and
+    /// tells a roll that a preparation ended.
+    pub(crate) prepare: Signal,
     /// One compaction at a time.
     pub(crate) compaction_permit: Semaphore,
     pub(crate) tasks: RefCell<Vec<JoinHandle<()>>>,
@@ -683,10 +692,12 @@ impl Engine {
         self.inner.work.notify();
         self.inner.background.notify();
         self.inner.space.notify();
+        self.inner.prepare.notify();
         let tasks = std::mem::take(&mut *self.inner.tasks.borrow_mut());
         for task in tasks {
             task.await;
         }
+        crate::flush::discard_prepared(&self.inner).await;
         let failure = self.inner.state.borrow().failure.clone();
         let result = match failure {
             Some(failure) => Err(failure.to_error()),
@@ -707,6 +718,7 @@ impl Drop for Engine {
         self.inner.work.notify();
         self.inner.background.notify();
         self.inner.space.notify();
+        self.inner.prepare.notify();
     }
 }
 

@@ -218,27 +218,53 @@ pub(crate) async fn create_segment(
 }
 
 /// Seals the active segment (already flushed and synced) and starts the
-/// next one.
+/// next one: the one `run_preparer` made, if it did (waiting for it if it
+/// is making it), else one made now.
 async fn roll_segment(inner: &Inner) -> Result<()> {
-    let (id, lsn) = {
+    loop {
+        let wait = {
+            let st = inner.state.borrow();
+            if !st.preparing {
+                break;
+            }
+            inner.prepare.wait()
+        };
+        wait.await;
+    }
+    let (prepared, lsn) = {
         let mut st = inner.state.borrow_mut();
         assert!(!st.writer.has_unwritten(), "a roll seals only fully written segments");
-        let id = st.next_segment_id;
-        st.next_segment_id += 1;
-        (id, st.writer.durable_lsn)
+        (st.next_writer.take(), st.writer.durable_lsn)
     };
-    let config = &inner.config;
-    let writer = create_segment(
-        &inner.dir,
-        &config.dir,
-        id,
-        config.record_max_bytes(),
-        config.segment_size_max_bytes,
-        lsn,
-    )
-    .await?;
+    let writer = match prepared {
+        Some(mut writer) => {
+            // As if made now: `create_segment` leaves a writer one LSN on
+            // (its header's batch).
+            writer.rebase_lsn(lsn + 1);
+            writer
+        }
+        None => {
+            let id = {
+                let mut st = inner.state.borrow_mut();
+                st.next_segment_id += 1;
+                st.next_segment_id - 1
+            };
+            let config = &inner.config;
+            create_segment(
+                &inner.dir,
+                &config.dir,
+                id,
+                config.record_max_bytes(),
+                config.segment_size_max_bytes,
+                lsn,
+            )
+            .await?
+        }
+    };
     {
         let mut st = inner.state.borrow_mut();
+        let id = writer.segment_id;
+        assert!(id > st.writer.segment_id, "segments are made in log order");
         let file = writer.file.clone();
         let old = std::mem::replace(&mut st.writer, writer);
         st.segments
@@ -252,5 +278,78 @@ async fn roll_segment(inner: &Inner) -> Result<()> {
     }
     inner.space.notify();
     inner.background.notify();
+    inner.prepare.notify();
     Ok(())
+}
+
+/// The preparer task: keeps the next segment made ahead of time
+/// (`State::next_writer`), so that a roll does not wait to create a file,
+/// write and sync its header, and sync the directory while puts wait.
+/// Recovery tells a segment made ahead of time and never used by its lack
+/// of records (see `recovery::open`).
+pub(crate) async fn run_preparer(inner: Rc<Inner>) {
+    loop {
+        let wake = inner.prepare.wait();
+        let id = {
+            let mut st = inner.state.borrow_mut();
+            if st.closing || st.failure.is_some() {
+                return;
+            }
+            (st.next_writer.is_none()).then(|| {
+                st.preparing = true;
+                st.next_segment_id += 1;
+                st.next_segment_id - 1
+            })
+        };
+        let Some(id) = id else {
+            wake.await;
+            continue;
+        };
+        let config = &inner.config;
+        let made = create_segment(
+            &inner.dir,
+            &config.dir,
+            id,
+            config.record_max_bytes(),
+            config.segment_size_max_bytes,
+            0,
+        )
+        .await;
+        let failed = match made {
+            Ok(writer) => {
+                inner.state.borrow_mut().next_writer = Some(writer);
+                false
+            }
+            Err(err) => {
+                // The roll makes its segment itself, and fails the log if
+                // it cannot. A half-made file must not stay between two
+                // segments: recovery would take it for damage.
+                tracing::warn!(segment = id, "making the next segment ahead of time failed: {err}");
+                let path = segment_path(&config.dir, id);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => fail(&inner, &EngineError::io("removing unfinished segment", &path, e)),
+                }
+                true
+            }
+        };
+        inner.state.borrow_mut().preparing = false;
+        inner.prepare.notify();
+        if failed {
+            // Tried again after the next roll, not in a loop.
+            wake.await;
+        }
+    }
+}
+
+/// At close: deletes the segment made ahead of time, which holds nothing.
+pub(crate) async fn discard_prepared(inner: &Inner) {
+    let prepared = inner.state.borrow_mut().next_writer.take();
+    if let Some(writer) = prepared {
+        if let Err(err) = writer.file.remove().await {
+            let path = segment_path(&inner.config.dir, writer.segment_id);
+            tracing::warn!(path = %path.display(), "cannot delete the unused next segment: {err}");
+        }
+    }
 }

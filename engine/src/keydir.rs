@@ -104,15 +104,15 @@ impl Keydir {
         self.partitions.get(&partition)
     }
 
-    /// Every key whose newest record lies in `segment`: (partition, key,
-    /// entry). Walks the whole keydir.
-    pub(crate) fn in_segment(&self, segment: u32) -> impl Iterator<Item = (u32, &[u8], &KeyEntry)> + '_ {
-        self.partitions.iter().flat_map(move |(&partition, index)| {
+    /// Every key of `partition` whose newest record lies in `segment`.
+    /// Walks the partition's keys.
+    pub(crate) fn in_segment(&self, partition: u32, segment: u32) -> impl Iterator<Item = (&[u8], &KeyEntry)> + '_ {
+        self.partitions.get(&partition).into_iter().flat_map(move |index| {
             index
                 .keys
                 .iter()
                 .filter(move |(_, entry)| entry.segment == segment)
-                .map(move |(key, entry)| (partition, &key[..], entry))
+                .map(|(key, entry)| (&key[..], entry))
         })
     }
 

@@ -23,7 +23,7 @@ use crate::cache::NO_SLOT;
 use crate::config::EngineConfig;
 use crate::engine::{Engine, Inner, State};
 use crate::error::{EngineError, Result};
-use crate::flush::{create_segment, run_flusher};
+use crate::flush::{create_segment, run_flusher, run_preparer};
 use crate::hint;
 use crate::keydir::{Applied, KeyEntry, Keydir};
 use crate::scan::{CorruptRange, SegmentCursor};
@@ -272,6 +272,27 @@ async fn is_blank(file: &glommio::io::DmaFile, path: &Path) -> Result<bool> {
     Ok(head.iter().all(|&b| b == 0))
 }
 
+/// Whether segment `id` holds no valid record (or not even a valid header).
+async fn holds_no_record(dir: &Path, id: u32, record_max: usize) -> Result<bool> {
+    let path = segment_path(dir, id);
+    let file = OpenOptions::new()
+        .read(true)
+        .dma_open(&path)
+        .await
+        .map_err(|e| EngineError::glommio("opening segment", &path, e))?;
+    let empty = match check_segment_header(&file, &path, id).await {
+        Err(_) => true,
+        Ok(()) => {
+            let mut cursor = SegmentCursor::open(&file, &path, id, record_max).await?;
+            cursor.next().await?.is_none()
+        }
+    };
+    file.close()
+        .await
+        .map_err(|e| EngineError::glommio("closing", &path, e))?;
+    Ok(empty)
+}
+
 async fn check_segment_header(file: &glommio::io::DmaFile, path: &Path, id: u32) -> Result<()> {
     let head = file
         .read_at(0, SEGMENT_HEADER_BYTES)
@@ -303,12 +324,20 @@ pub(crate) async fn open(mut config: EngineConfig) -> Result<Engine> {
         tracing::warn!(segment = orphan, "removing a hint file whose segment is gone");
         std::fs::remove_file(&path).map_err(|e| EngineError::io("removing", &path, e))?;
     }
-    let record_max = config.record_max_bytes();
     let mut loader = Loader {
         keydir: Keydir::default(),
         segments: BTreeMap::new(),
         seq_max: 0,
         report: RecoveryReport::default(),
+    };
+    let record_max = config.record_max_bytes();
+    // A torn tail can only be in the last segment written to. That is the
+    // newest, unless the newest holds no record: then it may be one the
+    // preparer made ahead of time (`flush::run_preparer`) and the one
+    // before it was the active segment.
+    let tail_from = match ids.as_slice() {
+        [.., _, last] if holds_no_record(&config.dir, *last, record_max).await? => ids.len() - 2,
+        _ => ids.len().saturating_sub(1),
     };
     for (i, &id) in ids.iter().enumerate() {
         let path = segment_path(&config.dir, id);
@@ -337,9 +366,7 @@ pub(crate) async fn open(mut config: EngineConfig) -> Result<Engine> {
         if from_hint {
             loader.segments.get_mut(&id).expect("just inserted").has_hint = true;
         } else {
-            loader
-                .load_by_scan(id, &config.dir, i + 1 == ids.len(), record_max)
-                .await?;
+            loader.load_by_scan(id, &config.dir, i >= tail_from, record_max).await?;
         }
     }
     loader.remove_empty_segments(&config.dir).await?;
@@ -366,6 +393,8 @@ pub(crate) async fn open(mut config: EngineConfig) -> Result<Engine> {
         cache: ReadCache::new(config.cache_capacity_bytes),
         next_seq: loader.seq_max + 1,
         next_segment_id: active_id + 1,
+        next_writer: None,
+        preparing: false,
         roll_requested: false,
         space_wanted: false,
         sync_requested_lsn: 0,
@@ -384,6 +413,7 @@ pub(crate) async fn open(mut config: EngineConfig) -> Result<Engine> {
         space: Signal::default(),
         work: Signal::default(),
         background: Signal::default(),
+        prepare: Signal::default(),
         compaction_permit: Semaphore::new(1),
         tasks: RefCell::new(Vec::new()),
         lock: RefCell::new(Some(lock)),
@@ -410,8 +440,12 @@ fn spawn_tasks(inner: &Rc<Inner>, background_shares: usize) -> Result<()> {
     );
     let spawn_error = |e: glommio::GlommioError<()>| EngineError::Config(format!("cannot spawn engine task: {e}"));
     let flusher = glommio::spawn_local_into(run_flusher(inner.clone()), flush_queue).map_err(spawn_error)?;
+    let preparer = glommio::spawn_local_into(run_preparer(inner.clone()), flush_queue).map_err(spawn_error)?;
     let background = glommio::spawn_local_into(crate::compaction::run_background(inner.clone()), background_queue)
         .map_err(spawn_error)?;
-    inner.tasks.borrow_mut().extend([flusher.detach(), background.detach()]);
+    inner
+        .tasks
+        .borrow_mut()
+        .extend([flusher.detach(), preparer.detach(), background.detach()]);
     Ok(())
 }

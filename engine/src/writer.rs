@@ -189,6 +189,18 @@ impl LogWriter {
         Some(batch)
     }
 
+    /// Moves a writer made ahead of time (its header written and synced,
+    /// nothing else appended) to the log's current LSN, as if made now.
+    pub(crate) fn rebase_lsn(&mut self, lsn: u64) {
+        assert!(
+            !self.has_unwritten() && self.inflight.is_none() && self.durable_lsn == self.appended_lsn,
+            "only an idle writer is rebased"
+        );
+        self.appended_lsn = lsn;
+        self.written_lsn = lsn;
+        self.durable_lsn = lsn;
+    }
+
     /// Records that a batch's write completed.
     pub(crate) fn batch_written(&mut self, lsn: u64) {
         assert!(lsn >= self.written_lsn, "batches complete in order");

@@ -237,6 +237,55 @@ fn a_damaged_hint_file_falls_back_to_scanning() {
 }
 
 #[test]
+fn a_torn_tail_before_a_segment_made_ahead_of_time_is_still_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    // Enough to roll the 256 KiB segments a few times; the engine then
+    // keeps the next segment made ahead of time, holding only its header.
+    let prepared = run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        for i in 0..3000 {
+            engine.put(i % 4, &key(i), &value(i)).await.unwrap();
+        }
+        let active = engine.stats().segments;
+        let mut prepared = None;
+        for _ in 0..200 {
+            let files = segment_files(dir.path());
+            if files.len() > active as usize {
+                let last = files.last().unwrap().clone();
+                prepared = Some((last.clone(), std::fs::read(&last).unwrap()));
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        engine.close().await.unwrap();
+        prepared.expect("a segment made ahead of time")
+    });
+    let (path, bytes) = prepared;
+    assert!(!path.exists(), "close deletes the unused segment");
+    // A crash leaves it, and part of a record after the active segment's
+    // last valid one.
+    let active = segment_files(dir.path()).pop().unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    remove_hints(dir.path());
+    let mut file = std::fs::OpenOptions::new().append(true).open(&active).unwrap();
+    file.write_all(b"DKVR\x05\x00\x00\x01partial record, torn by a crash")
+        .unwrap();
+    drop(file);
+    run(async {
+        let engine = Engine::open(small_config(dir.path())).await.unwrap();
+        let report = engine.recovery_report();
+        assert!(report.torn_tail.is_some(), "{report:?}");
+        assert!(report.corrupt.is_empty(), "not damage mid-log: {report:?}");
+        for i in 0..3000 {
+            let got = engine.get(i % 4, &key(i)).await.unwrap().unwrap();
+            assert_eq!(got.value, value(i), "key {i}");
+        }
+        engine.close().await.unwrap();
+    });
+    assert!(!path.exists(), "the empty segment was removed at open");
+}
+
+#[test]
 fn a_segment_cut_short_at_creation_is_removed_and_the_store_opens() {
     let dir = tempfile::tempdir().unwrap();
     let newest = write_and_close(dir.path(), 50);
