@@ -370,14 +370,18 @@ fn segment_uses(st: &State) -> Vec<SegmentUse> {
         .collect()
 }
 
-/// Background compaction: one segment at a time, as `next_in_background`
-/// picks them, until it picks none.
-async fn compact_in_background(inner: &Rc<Inner>, report: &mut CompactionReport) -> Result<()> {
-    let _permit = inner
+async fn one_compaction_at_a_time(inner: &Inner) -> Result<glommio::sync::Permit<'_>> {
+    inner
         .compaction_permit
         .acquire_permit(1)
         .await
-        .map_err(|_| EngineError::Closed)?;
+        .map_err(|_| EngineError::Closed)
+}
+
+/// Background compaction: one segment at a time, as `next_in_background`
+/// picks them, until it picks none.
+async fn compact_in_background(inner: &Rc<Inner>, report: &mut CompactionReport) -> Result<()> {
+    let _permit = one_compaction_at_a_time(inner).await?;
     loop {
         let next = {
             let st = inner.state.borrow();
@@ -400,11 +404,7 @@ async fn compact_in_background(inner: &Rc<Inner>, report: &mut CompactionReport)
 }
 
 async fn compact_candidates(inner: &Rc<Inner>, report: &mut CompactionReport) -> Result<()> {
-    let _permit = inner
-        .compaction_permit
-        .acquire_permit(1)
-        .await
-        .map_err(|_| EngineError::Closed)?;
+    let _permit = one_compaction_at_a_time(inner).await?;
     for id in candidates(inner) {
         if inner.state.borrow().segments.contains_key(&id) {
             compact_segment(inner, id, report).await?;

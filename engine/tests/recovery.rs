@@ -37,6 +37,13 @@ fn remove_hints(dir: &Path) {
     }
 }
 
+/// Appends part of a record to `segment`, as a crash mid-write leaves.
+fn tear_tail(segment: &Path) {
+    let mut file = std::fs::OpenOptions::new().append(true).open(segment).unwrap();
+    file.write_all(b"DKVR\x05\x00\x00\x01partial record, torn by a crash")
+        .unwrap();
+}
+
 /// Offset of the first byte of `needle` in `file`.
 fn find(file: &Path, needle: &[u8]) -> u64 {
     let bytes = std::fs::read(file).unwrap();
@@ -53,10 +60,7 @@ fn torn_tail_is_truncated_and_everything_before_it_survives() {
     remove_hints(dir.path());
     // A crash mid-write leaves part of a record after the last valid one.
     let valid_len = std::fs::metadata(&newest).unwrap().len();
-    let mut file = std::fs::OpenOptions::new().append(true).open(&newest).unwrap();
-    file.write_all(b"DKVR\x05\x00\x00\x01partial record, torn by a crash")
-        .unwrap();
-    drop(file);
+    tear_tail(&newest);
     run(async {
         let engine = Engine::open(small_config(dir.path())).await.unwrap();
         let report = engine.recovery_report();
@@ -267,10 +271,7 @@ fn a_torn_tail_before_a_segment_made_ahead_of_time_is_still_a_torn_tail() {
     let active = segment_files(dir.path()).pop().unwrap();
     std::fs::write(&path, &bytes).unwrap();
     remove_hints(dir.path());
-    let mut file = std::fs::OpenOptions::new().append(true).open(&active).unwrap();
-    file.write_all(b"DKVR\x05\x00\x00\x01partial record, torn by a crash")
-        .unwrap();
-    drop(file);
+    tear_tail(&active);
     run(async {
         let engine = Engine::open(small_config(dir.path())).await.unwrap();
         let report = engine.recovery_report();
