@@ -8,6 +8,13 @@ use std::rc::Rc;
 use common::{dir_bytes, run, small_config, Rng};
 use dynkv_engine::Engine;
 
+/// `small_config` without syncs: for tests about compaction, not durability.
+fn unsynced_config(dir: &std::path::Path) -> dynkv_engine::EngineConfig {
+    let mut config = small_config(dir);
+    config.sync = dynkv_engine::SyncMode::Never;
+    config
+}
+
 #[test]
 fn overwrites_then_compaction_bring_disk_use_within_one_and_a_half_live() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,8 +62,7 @@ fn background_compaction_under_uniform_overwrites_copies_little_and_bounds_disk_
     let dir = tempfile::tempdir().unwrap();
     let seed = common::seed("background_compaction_under_uniform_overwrites");
     run(async move {
-        let mut config = small_config(dir.path());
-        config.sync = dynkv_engine::SyncMode::Never;
+        let mut config = unsynced_config(dir.path());
         config.compaction_interval = std::time::Duration::from_millis(1);
         let engine = Engine::open(config.clone()).await.unwrap();
         // 2,000 keys of 200 B values (about 2 segments live), each
@@ -105,8 +111,7 @@ fn nearly_dead_segments_are_compacted_from_the_keydir_under_concurrent_overwrite
     let dir = tempfile::tempdir().unwrap();
     let seed = common::seed("nearly_dead_segments_are_compacted_from_the_keydir_under_concurrent_overwrites");
     run(async move {
-        let mut config = small_config(dir.path());
-        config.sync = dynkv_engine::SyncMode::Never;
+        let config = unsynced_config(dir.path());
         let engine = Rc::new(Engine::open(config.clone()).await.unwrap());
         // 4 writers overwrite 32 keys each, many times: every sealed
         // segment is soon nearly all dead, holds no tombstone, and holds
