@@ -337,8 +337,9 @@ pub(crate) async fn run_preparer(inner: Rc<Inner>) {
         inner.state.borrow_mut().preparing = false;
         inner.prepare.notify();
         if failed {
-            // Tried again after the next roll, not in a loop.
-            wake.await;
+            // Tried again after the next roll (or at close, to exit), not
+            // in a loop: a wait begun after the notify just above.
+            inner.prepare.wait().await;
         }
     }
 }

@@ -428,10 +428,12 @@ fn spawn_tasks(inner: &Rc<Inner>, background_shares: usize) -> Result<()> {
     let executor = glommio::executor();
     // The flusher mostly awaits I/O, so full shares suffice; it does not ask
     // for Latency::Matters. A latency queue arms glommio 0.9's preemption
-    // timer every millisecond, and that release can park an executor for
+    // timer every millisecond, and glommio 0.9.0 can park an executor for
     // good when the timer fires just before a run (it treats "preempted
-    // before running anything" as "nothing to run"; fixed only in the
-    // community fork). Seen as a rare hang in our compaction test.
+    // before running anything" as "nothing to run"). Seen as a rare hang in
+    // our compaction test; the vendored glommio now fixes it (change 5 of
+    // vendor/glommio/DYNKV-PATCH.md), and the flusher needs no latency
+    // queue anyway.
     let flush_queue = executor.create_task_queue(Shares::Static(1000), Latency::NotImportant, "dynkv-flush");
     let background_queue = executor.create_task_queue(
         Shares::Static(background_shares),

@@ -1325,6 +1325,11 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
+                // dynkv patch: preempted before running anything is not
+                // "nothing to run". Returning false here made the executor
+                // park with runnable tasks, and nothing woke it if no I/O
+                // was in flight: a hang (see DYNKV-PATCH.md, change 5).
+                ran |= !self.queues.borrow().active_executors.is_empty();
                 break;
             }
             if !self.run_one_task_queue() {
