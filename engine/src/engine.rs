@@ -126,6 +126,12 @@ impl State {
         }
     }
 
+    /// The id of a segment about to be made: ids grow with the log.
+    pub(crate) fn take_segment_id(&mut self) -> u32 {
+        self.next_segment_id += 1;
+        self.next_segment_id - 1
+    }
+
     /// Accounts `bytes` of segment `id` as no longer live.
     pub(crate) fn mark_dead(&mut self, id: u32, bytes: usize) {
         if let Some(segment) = self.segments.get_mut(&id) {

@@ -217,6 +217,20 @@ pub(crate) async fn create_segment(
     Ok(writer)
 }
 
+/// `create_segment` with this engine's directory and limits.
+async fn make_segment(inner: &Inner, id: u32, lsn: u64) -> Result<LogWriter> {
+    let config = &inner.config;
+    create_segment(
+        &inner.dir,
+        &config.dir,
+        id,
+        config.record_max_bytes(),
+        config.segment_size_max_bytes,
+        lsn,
+    )
+    .await
+}
+
 /// Seals the active segment (already flushed and synced) and starts the
 /// next one: the one `run_preparer` made, if it did (waiting for it if it
 /// is making it), else one made now.
@@ -244,21 +258,8 @@ async fn roll_segment(inner: &Inner) -> Result<()> {
             writer
         }
         None => {
-            let id = {
-                let mut st = inner.state.borrow_mut();
-                st.next_segment_id += 1;
-                st.next_segment_id - 1
-            };
-            let config = &inner.config;
-            create_segment(
-                &inner.dir,
-                &config.dir,
-                id,
-                config.record_max_bytes(),
-                config.segment_size_max_bytes,
-                lsn,
-            )
-            .await?
+            let id = inner.state.borrow_mut().take_segment_id();
+            make_segment(inner, id, lsn).await?
         }
     };
     {
@@ -297,24 +298,14 @@ pub(crate) async fn run_preparer(inner: Rc<Inner>) {
             }
             (st.next_writer.is_none()).then(|| {
                 st.preparing = true;
-                st.next_segment_id += 1;
-                st.next_segment_id - 1
+                st.take_segment_id()
             })
         };
         let Some(id) = id else {
             wake.await;
             continue;
         };
-        let config = &inner.config;
-        let made = create_segment(
-            &inner.dir,
-            &config.dir,
-            id,
-            config.record_max_bytes(),
-            config.segment_size_max_bytes,
-            0,
-        )
-        .await;
+        let made = make_segment(&inner, id, 0).await;
         let failed = match made {
             Ok(writer) => {
                 inner.state.borrow_mut().next_writer = Some(writer);
@@ -325,7 +316,7 @@ pub(crate) async fn run_preparer(inner: Rc<Inner>) {
                 // it cannot. A half-made file must not stay between two
                 // segments: recovery would take it for damage.
                 tracing::warn!(segment = id, "making the next segment ahead of time failed: {err}");
-                let path = segment_path(&config.dir, id);
+                let path = segment_path(&inner.config.dir, id);
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
